@@ -1,0 +1,28 @@
+"""A typed, readable reference of the balancer in ``shared/ALGORITHMS.md``.
+
+Imports only ``spec`` from this project.
+"""
+
+from impl.balancer import BalanceResult, balance, rebalance_experts
+from impl.steps import (
+    Packing,
+    pack_balanced,
+    pack_diverse,
+    refine_counts,
+    refine_swap,
+    replicate_greedy,
+    water_fill,
+)
+
+__all__ = [
+    "BalanceResult",
+    "Packing",
+    "balance",
+    "pack_balanced",
+    "pack_diverse",
+    "rebalance_experts",
+    "refine_counts",
+    "refine_swap",
+    "replicate_greedy",
+    "water_fill",
+]

@@ -1,0 +1,188 @@
+"""The whole balancer: groups to nodes, replicas inside nodes, replicas to GPUs, slots.
+
+``rebalance_experts`` has DeepSeek's signature and output layout; ``balance`` is the same
+pipeline on a validated ``spec.BalancingProblem`` and also reports where each
+refinement acted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from impl.steps import (
+    Packing,
+    layout_by_expert,
+    pack_balanced,
+    pack_diverse,
+    refine_counts,
+    refine_swap,
+    replicate_greedy,
+    sum_left_to_right,
+    water_fill,
+)
+from spec.problem import BalancingProblem
+
+Variant = Literal["seed", "baseline"]
+VARIANTS: tuple[Variant, ...] = ("seed", "baseline")
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class BalanceResult:
+    """A placement in the DeepSeek layout, and where the refinements acted.
+
+    ``counts_refined[l, n]`` is True where refinement A moved a replica in node ``n`` of
+    layer ``l``; ``replicas_swapped[l, n]`` where refinement B exchanged two replicas.
+    Both are all False for the baseline.
+    """
+
+    phy2log: IntArray
+    log2phy: IntArray
+    logcnt: IntArray
+    counts_refined: BoolArray
+    replicas_swapped: BoolArray
+
+
+def check_options(variant: object, refine_a: bool | None, refine_b: bool | None) -> Variant:
+    """The variant, after checking it and that refinements are asked only of ``seed``."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    for name, flag in (("refine_a", refine_a), ("refine_b", refine_b)):
+        if flag is not None and not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool or None, got {type(flag).__name__}")
+        if variant == "baseline" and flag:
+            raise ValueError(f"{name}=True asks for a refinement; the baseline variant has none")
+    return "seed" if variant == "seed" else "baseline"
+
+
+def node_local_experts(problem: BalancingProblem, layer: int) -> list[list[int]]:
+    """Step 1: the global expert ids of each node, in node-local order.
+
+    Groups are packed onto nodes by load (``pack_balanced``); inside a node experts are
+    numbered by their group's arrival rank there, then by position in the group.
+    """
+    size = problem.group_size
+    row = problem.loads[layer].tolist()
+    group_loads = [
+        sum_left_to_right(row[g * size : (g + 1) * size]) for g in range(problem.packing_groups)
+    ]
+    packing = pack_balanced(group_loads, problem.packing_nodes)
+    groups_per_node = problem.packing_groups // problem.packing_nodes
+    local: list[list[int]] = [[] for _ in range(problem.packing_nodes)]
+    for node in range(problem.packing_nodes):
+        by_rank = sorted(
+            (g for g in range(problem.packing_groups) if packing.pack[g] == node),
+            key=lambda g: packing.rank[g],
+        )
+        assert len(by_rank) == groups_per_node
+        for group in by_rank:
+            local[node].extend(range(group * size, (group + 1) * size))
+    return local
+
+
+def replica_ranks(layout: list[int]) -> list[int]:
+    """For each replica in a layout, how many replicas of its expert come before it."""
+    seen: dict[int, int] = {}
+    ranks = []
+    for label in layout:
+        ranks.append(seen.get(label, 0))
+        seen[label] = ranks[-1] + 1
+    return ranks
+
+
+def balance(
+    problem: BalancingProblem,
+    *,
+    variant: Variant = "seed",
+    refine_a: bool = True,
+    refine_b: bool = True,
+) -> BalanceResult:
+    """Run the balancer of ``shared/ALGORITHMS.md`` (or its baseline) on ``problem``.
+
+    ``refine_a`` and ``refine_b`` switch the refinements of the ``seed`` variant; the
+    baseline has none and ignores them.
+    """
+    check_options(variant, None, None)
+    num_layers, num_experts = problem.num_layers, problem.num_experts
+    nodes, slots = problem.packing_nodes, problem.slots_per_node
+    gpus, cap = problem.gpus_per_node, problem.slots_per_gpu
+
+    phy2log = np.full((num_layers, problem.num_replicas), -1, dtype=np.int64)
+    log2phy = np.full((num_layers, num_experts, problem.log2phy_width), -1, dtype=np.int64)
+    logcnt = np.zeros((num_layers, num_experts), dtype=np.int64)
+    counts_refined = np.zeros((num_layers, nodes), dtype=np.bool_)
+    replicas_swapped = np.zeros((num_layers, nodes), dtype=np.bool_)
+
+    for layer in range(num_layers):
+        for node, experts in enumerate(node_local_experts(problem, layer)):
+            loads = [float(problem.loads[layer, e]) for e in experts]
+            if variant == "seed":
+                counts = water_fill(loads, slots)
+                if refine_a:
+                    refined = refine_counts(loads, counts)
+                    counts_refined[layer, node] = refined != counts
+                    counts = refined
+                layout = layout_by_expert(counts)
+            else:
+                counts, layout = replicate_greedy(loads, slots)
+            weights = [loads[i] / counts[i] for i in layout]
+            packing: Packing
+            if variant == "seed":
+                packing = pack_diverse(weights, layout, gpus)
+                if refine_b:
+                    swapped = refine_swap(weights, packing, gpus)
+                    replicas_swapped[layer, node] = swapped.pack != packing.pack
+                    packing = swapped
+            else:
+                packing = pack_balanced(weights, gpus)
+
+            for j, (label, rank) in enumerate(zip(layout, replica_ranks(layout), strict=True)):
+                slot = node * slots + packing.pack[j] * cap + packing.rank[j]
+                expert = experts[label]
+                phy2log[layer, slot] = expert
+                log2phy[layer, expert, rank] = slot
+            for label, expert in enumerate(experts):
+                logcnt[layer, expert] = counts[label]
+    return BalanceResult(phy2log, log2phy, logcnt, counts_refined, replicas_swapped)
+
+
+def rebalance_experts(
+    weight: torch.Tensor,
+    num_replicas: int,
+    num_groups: int,
+    num_nodes: int,
+    num_gpus: int,
+    *,
+    variant: Variant = "seed",
+    refine_a: bool | None = None,
+    refine_b: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Place ``num_replicas`` expert replicas per layer on ``num_gpus`` GPUs.
+
+    ``weight`` is ``[layers, experts]`` (integer or float, any device; read in float64,
+    never modified). Returns CPU int64 tensors ``(phy2log [L, R], log2phy [L, E, R-E+1],
+    logcnt [L, E])``. ``variant="seed"`` is the balancer of ``shared/ALGORITHMS.md``
+    with refinements A and B (each switchable off); ``variant="baseline"`` is the
+    DeepSeek-style balancer it refines. Bad input raises ValueError or TypeError naming
+    the parameter.
+    """
+    chosen = check_options(variant, refine_a, refine_b)
+    problem = BalancingProblem(weight, num_replicas, num_groups, num_nodes, num_gpus)
+    result = balance(
+        problem,
+        variant=chosen,
+        refine_a=refine_a is not False and chosen == "seed",
+        refine_b=refine_b is not False and chosen == "seed",
+    )
+    return (
+        torch.from_numpy(result.phy2log),
+        torch.from_numpy(result.log2phy),
+        torch.from_numpy(result.logcnt),
+    )

@@ -1,0 +1,53 @@
+"""Project sessions: ``nox -s tests typecheck lint`` is what CI runs."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "typecheck", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+# A CPU build of torch that installs from local disk; any other request may fetch CUDA.
+TORCH = "torch==2.13.0"
+
+
+def install_project(session: nox.Session, extra: str) -> None:
+    session.install(TORCH)
+    session.install("-e", f".[{extra}]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit, property and differential tests (Hypothesis profile ``ci`` unless set)."""
+    install_project(session, "test")
+    profile = session.env.get("HYPOTHESIS_PROFILE", "ci")
+    session.run("pytest", *session.posargs, env={"HYPOTHESIS_PROFILE": profile})
+
+
+@nox.session
+def nightly(session: nox.Session) -> None:
+    """The same tests with the long Hypothesis profile."""
+    install_project(session, "test")
+    session.run("pytest", *session.posargs, env={"HYPOTHESIS_PROFILE": "nightly"})
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over every package, the tests and this file."""
+    install_project(session, "dev")
+    session.run("mypy", "--strict")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """The main job: reference vs baseline on the real traces."""
+    install_project(session, "test")
+    session.run("eplb-spec", "report", *session.posargs)

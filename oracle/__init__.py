@@ -1,0 +1,1 @@
+"""Exact answers for EPLB problems (CP-SAT and exact arithmetic). Imports only ``spec``."""

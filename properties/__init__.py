@@ -1,0 +1,1 @@
+"""Hypothesis strategies, properties and the gate for any EPLB implementation."""

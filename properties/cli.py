@@ -1,0 +1,158 @@
+"""The ``eplb-spec`` command line.
+
+``eplb-spec`` with no arguments runs ``report``: the reference balancer and its baseline
+on the real traces (or a generated stand-in, said so), per trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from impl.balancer import BalanceResult, Variant, balance
+from properties.workloads import TRACE_CLUSTER, Workload, default_workloads
+from spec.objectives import balancedness, gpu_loads
+from spec.problem import BalancingProblem
+
+
+@dataclass(frozen=True)
+class TraceReport:
+    trace: str
+    generated: bool
+    layers: int
+    balancedness_seed: float
+    balancedness_baseline: float
+    layers_changed_by_a: int
+    layers_changed_by_b: int
+    seconds_seed: float
+    seconds_baseline: float
+
+
+def timed_balance(problem: BalancingProblem, variant: Variant) -> tuple[BalanceResult, float]:
+    start = time.perf_counter()
+    result = balance(problem, variant=variant)
+    return result, time.perf_counter() - start
+
+
+def report_trace(workload: Workload, cluster: tuple[int, int, int, int]) -> TraceReport:
+    """Balancedness of both variants and where the refinements acted, for one workload."""
+    problem = BalancingProblem(workload.loads, *cluster, loads_name=workload.name)
+    seed, seed_seconds = timed_balance(problem, "seed")
+    base, base_seconds = timed_balance(problem, "baseline")
+    num_gpus = cluster[3]
+    return TraceReport(
+        trace=workload.name,
+        generated=workload.generated,
+        layers=problem.num_layers,
+        balancedness_seed=balancedness(
+            gpu_loads(problem.loads, seed.phy2log, seed.logcnt, num_gpus)
+        ),
+        balancedness_baseline=balancedness(
+            gpu_loads(problem.loads, base.phy2log, base.logcnt, num_gpus)
+        ),
+        layers_changed_by_a=int(seed.counts_refined.any(-1).sum()),
+        layers_changed_by_b=int(seed.replicas_swapped.any(-1).sum()),
+        seconds_seed=seed_seconds,
+        seconds_baseline=base_seconds,
+    )
+
+
+def print_report(
+    rows: Sequence[TraceReport], cluster: tuple[int, int, int, int], note: str
+) -> None:
+    replicas, groups, nodes, gpus = cluster
+    print(
+        f"EPLB reference (seed) vs DeepSeek-style baseline, "
+        f"replicas={replicas} groups={groups} nodes={nodes} gpus={gpus}"
+    )
+    print(note)
+    header = (
+        f"{'trace':<28}{'layers':>7}{'bal seed':>10}{'bal base':>10}"
+        f"{'A changed':>11}{'B changed':>11}{'ms seed':>9}{'ms base':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row.trace:<28}{row.layers:>7}{row.balancedness_seed:>10.4f}"
+            f"{row.balancedness_baseline:>10.4f}{row.layers_changed_by_a:>11}"
+            f"{row.layers_changed_by_b:>11}{row.seconds_seed * 1e3:>9.1f}"
+            f"{row.seconds_baseline * 1e3:>9.1f}"
+        )
+    print("-" * len(header))
+    print(
+        f"{'mean':<28}{'':>7}"
+        f"{statistics.fmean(r.balancedness_seed for r in rows):>10.4f}"
+        f"{statistics.fmean(r.balancedness_baseline for r in rows):>10.4f}"
+        f"{sum(r.layers_changed_by_a for r in rows):>11}"
+        f"{sum(r.layers_changed_by_b for r in rows):>11}"
+        f"{statistics.median(r.seconds_seed for r in rows) * 1e3:>9.1f}"
+        f"{statistics.median(r.seconds_baseline for r in rows) * 1e3:>9.1f}"
+    )
+    print(
+        "balancedness = sum over layers of mean GPU load / sum of peak GPU load (1 is perfect); "
+        "'A/B changed' = layers where refinement A/B acted on at least one node (totals in "
+        "the last row); times are one call each (medians in the last row)."
+    )
+
+
+def run_report(args: argparse.Namespace) -> int:
+    cluster = (args.replicas, args.groups, args.nodes, args.gpus)
+    workloads, note = default_workloads(args.data)
+    rows = [report_trace(w, cluster) for w in workloads]
+    print_report(rows, cluster, note)
+    if args.json:
+        document = {
+            "cluster": dict(zip(("replicas", "groups", "nodes", "gpus"), cluster, strict=True)),
+            "source": note,
+            "traces": [asdict(r) for r in rows],
+        }
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eplb-spec",
+        description="Specification, reference and checks for expert-parallelism load balancing.",
+    )
+    commands = parser.add_subparsers(dest="command")
+    report = commands.add_parser(
+        "report",
+        help="(default) reference vs baseline on the real traces",
+        description="Balancedness of the reference and the baseline per trace, and how many "
+        "layers each refinement changed.",
+    )
+    report.add_argument("--data", help="folder of trace *.json files (default: ../shared/data/...)")
+    replicas, groups, nodes, gpus = TRACE_CLUSTER
+    report.add_argument("--replicas", type=int, default=replicas, help=f"default {replicas}")
+    report.add_argument("--groups", type=int, default=groups, help=f"default {groups}")
+    report.add_argument("--nodes", type=int, default=nodes, help=f"default {nodes}")
+    report.add_argument("--gpus", type=int, default=gpus, help=f"default {gpus}")
+    report.add_argument("--json", metavar="FILE", help="also write the table as JSON")
+    report.set_defaults(handler=run_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or (arguments[0].startswith("-") and arguments[0] not in ("-h", "--help")):
+        arguments.insert(0, "report")
+    args = parser.parse_args(arguments)
+    try:
+        code: int = args.handler(args)
+    except ValueError as error:
+        print(f"eplb-spec: error: {error}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""The ``eplb-spec`` main job: report on the traces, or on a generated stand-in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from properties import workloads
+from properties.cli import main
+
+
+def write_trace(folder: Path, name: str, layers: int = 3, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    loads = rng.integers(0, 1000, size=(layers, 256)).astype(float)
+    rows = [[0.0] * 256, *loads.tolist()]  # a leading dense layer, dropped on load
+    (folder / f"{name}.json").write_text(json.dumps({"logical_count": rows}))
+    return loads
+
+
+def test_report_on_a_given_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_trace(tmp_path, "tiny_a")
+    write_trace(tmp_path, "tiny_b", seed=2)
+    out_json = tmp_path / "report.json"
+    assert main(["--data", str(tmp_path), "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 real traces from" in printed
+    assert "tiny_a" in printed
+    assert "tiny_b" in printed
+    document = json.loads(out_json.read_text())
+    assert [t["trace"] for t in document["traces"]] == ["tiny_a", "tiny_b"]
+    for row in document["traces"]:
+        assert row["layers"] == 3
+        assert 0 < row["balancedness_seed"] <= 1
+        assert 0 < row["balancedness_baseline"] <= 1
+        assert 0 <= row["layers_changed_by_b"] <= 3
+
+
+def test_report_falls_back_to_a_generated_workload_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(workloads.DATA_ENV, raising=False)
+    monkeypatch.setattr(workloads, "TRACE_SUBDIR", Path("no-such-folder-for-eplb-spec"))
+    assert main([]) == 0
+    printed = capsys.readouterr().out
+    assert "GENERATED workload" in printed
+    assert "generated-lognormal-seed0" in printed
+
+
+def test_a_folder_without_traces_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", "--data", str(tmp_path)]) == 2
+    assert "holds no *.json trace files" in capsys.readouterr().err
+
+
+def test_a_malformed_trace_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.json").write_text('{"other": 1}')
+    assert main(["--data", str(tmp_path)]) == 2
+    assert "not a trace file" in capsys.readouterr().err
+
+
+def test_trace_loader_drops_only_the_leading_dense_layers(tmp_path: Path) -> None:
+    loads = write_trace(tmp_path, "t", layers=4)
+    loaded = workloads.load_trace(tmp_path / "t.json")
+    assert np.array_equal(loaded, loads)
+
+
+def test_generated_workload_has_the_trace_shape_and_repeats() -> None:
+    a, b = workloads.generated_loads(), workloads.generated_loads()
+    assert a.shape == workloads.TRACE_SHAPE
+    assert np.array_equal(a, b)
+    assert (a >= 0).all()
