@@ -47,6 +47,13 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """Speed: reference, baseline and fast implementation side by side (no assertions)."""
+    install_project(session, "test")
+    session.run("eplb-spec", "bench", *session.posargs)
+
+
+@nox.session
 def report(session: nox.Session) -> None:
     """The main job: reference vs baseline on the real traces."""
     install_project(session, "test")

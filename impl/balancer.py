@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from impl.fast import balance_arrays
 from impl.steps import (
     Packing,
     layout_by_expert,
@@ -103,13 +104,30 @@ def balance(
     variant: Variant = "seed",
     refine_a: bool = True,
     refine_b: bool = True,
+    fast: bool = False,
+    threads: int | None = None,
 ) -> BalanceResult:
     """Run the balancer of ``shared/ALGORITHMS.md`` (or its baseline) on ``problem``.
 
     ``refine_a`` and ``refine_b`` switch the refinements of the ``seed`` variant; the
-    baseline has none and ignores them.
+    baseline has none and ignores them. ``fast=True`` runs the compiled implementation
+    in ``impl.fast``, whose output is identical; ``threads`` caps its threads (default:
+    the CPUs available, at most 8; the result does not depend on it).
     """
     check_options(variant, None, None)
+    if fast:
+        arrays = balance_arrays(
+            problem.loads,
+            problem.num_replicas,
+            problem.packing_groups,
+            problem.packing_nodes,
+            problem.num_gpus,
+            seed_variant=variant == "seed",
+            refine_a=refine_a,
+            refine_b=refine_b,
+            threads=threads,
+        )
+        return BalanceResult(*arrays)
     num_layers, num_experts = problem.num_layers, problem.num_experts
     nodes, slots = problem.packing_nodes, problem.slots_per_node
     gpus, cap = problem.gpus_per_node, problem.slots_per_gpu
@@ -163,6 +181,7 @@ def rebalance_experts(
     variant: Variant = "seed",
     refine_a: bool | None = None,
     refine_b: bool | None = None,
+    fast: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Place ``num_replicas`` expert replicas per layer on ``num_gpus`` GPUs.
 
@@ -171,15 +190,19 @@ def rebalance_experts(
     logcnt [L, E])``. ``variant="seed"`` is the balancer of ``shared/ALGORITHMS.md``
     with refinements A and B (each switchable off); ``variant="baseline"`` is the
     DeepSeek-style balancer it refines. Bad input raises ValueError or TypeError naming
-    the parameter.
+    the parameter. ``fast=True`` gives the identical answer from the compiled
+    implementation (``impl.fast``), which handles all (layer, node) rows in one pass.
     """
     chosen = check_options(variant, refine_a, refine_b)
+    if not isinstance(fast, bool):
+        raise TypeError(f"fast must be a bool, got {type(fast).__name__}")
     problem = BalancingProblem(weight, num_replicas, num_groups, num_nodes, num_gpus)
     result = balance(
         problem,
         variant=chosen,
         refine_a=refine_a is not False and chosen == "seed",
         refine_b=refine_b is not False and chosen == "seed",
+        fast=fast,
     )
     return (
         torch.from_numpy(result.phy2log),

@@ -137,7 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--gpus", type=int, default=gpus, help=f"default {gpus}")
     report.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     report.set_defaults(handler=run_report)
+
+    bench = commands.add_parser(
+        "bench",
+        help="time reference, baseline and fast implementation side by side",
+        description="Median time per call of each implementation on the traces and on a "
+        "larger generated case, the fast implementation's scaling, and its peak memory.",
+    )
+    bench.add_argument("--data", help="folder of trace *.json files")
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    bench.add_argument("--json", metavar="FILE", help="also write the tables as JSON")
+    bench.set_defaults(handler=run_bench)
     return parser
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from properties.bench import run_benchmark
+
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, got {args.rounds}")
+    return run_benchmark(args.data, args.rounds, args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,205 @@
+"""The speed benchmark: reference, baseline and fast implementation, side by side.
+
+Every timing is a median over repeated calls after warm-up, with the implementations
+interleaved round by round so that drift on the machine hits them alike. Ratios are
+taken within this one run. Nothing here is asserted: speed claims live only here.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from impl.balancer import Variant, balance
+from impl.fast import default_threads
+from properties.workloads import TRACE_CLUSTER, default_workloads, generated_loads
+from spec.problem import BalancingProblem
+
+LARGE_SHAPE = (96, 512)
+LARGE_CLUSTER = (576, 16, 8, 64)
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    variant: str
+    fast: bool
+    threads: int | None = None
+
+
+CONTENDERS = (
+    Contender("baseline (reference)", "baseline", False),
+    Contender("seed (reference)", "seed", False),
+    Contender("baseline (fast)", "baseline", True),
+    Contender("seed (fast, 1 thread)", "seed", True, threads=1),
+    Contender("seed (fast)", "seed", True),
+)
+
+
+@dataclass(frozen=True)
+class Timing:
+    case: str
+    contender: str
+    median_ms: float
+    speedup_vs_baseline: float
+
+
+@dataclass(frozen=True)
+class ScalingPoint:
+    axis: str
+    layers: int
+    experts: int
+    replicas: int
+    gpus: int
+    median_ms: float
+    ms_per_layer: float
+
+
+def call(problem: BalancingProblem, contender: Contender) -> Callable[[], object]:
+    variant: Variant = "seed" if contender.variant == "seed" else "baseline"
+    return lambda: balance(problem, variant=variant, fast=contender.fast, threads=contender.threads)
+
+
+def median_ms(samples: Sequence[float]) -> float:
+    return statistics.median(samples) * 1e3
+
+
+def time_side_by_side(
+    problems: Sequence[BalancingProblem], contenders: Sequence[Contender], rounds: int
+) -> dict[str, float]:
+    """Median ms per call of each contender, interleaved over problems and rounds."""
+    samples: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for contender in contenders:  # warm-up: compile and fill caches
+        call(problems[0], contender)()
+    for _ in range(rounds):
+        for problem in problems:
+            for contender in contenders:
+                run = call(problem, contender)
+                repeats = 20 if contender.fast else 1
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    run()
+                samples[contender.name].append((time.perf_counter() - start) / repeats)
+    return {name: median_ms(values) for name, values in samples.items()}
+
+
+def timings_for(case: str, medians: dict[str, float]) -> list[Timing]:
+    base = medians[CONTENDERS[0].name]
+    return [Timing(case, name, ms, base / ms) for name, ms in medians.items()]
+
+
+def fast_scaling(rounds: int) -> list[ScalingPoint]:
+    """How the fast seed's time grows with layers, experts and GPUs (generated loads)."""
+    fast_seed = CONTENDERS[-1]
+    points: list[tuple[str, int, int, int, int, int, int]] = []
+    for layers in (29, 58, 116, 232, 464):
+        points.append(("layers", layers, 256, 288, 8, 4, 32))
+    for experts in (64, 128, 256, 512, 1024):
+        points.append(("experts", 58, experts, experts + experts // 8, 8, 4, 32))
+    for gpus in (8, 16, 32, 64, 128):
+        points.append(("gpus", 58, 256, max(288, gpus * 2), 8, 4, gpus))
+    result = []
+    for axis, layers, experts, at_least, groups, nodes, gpus in points:
+        replicas = at_least + (-at_least) % gpus
+        loads = generated_loads(seed=1, num_layers=layers, num_experts=experts)
+        problem = BalancingProblem(loads, replicas, groups, nodes, gpus)
+        ms = time_side_by_side([problem], [fast_seed], rounds)[fast_seed.name]
+        result.append(ScalingPoint(axis, layers, experts, replicas, gpus, ms, ms / layers))
+    return result
+
+
+MEMORY_PROBE = """
+import sys
+from impl.balancer import Variant, balance
+from impl.fast import default_threads
+from properties.workloads import generated_loads
+from spec.problem import BalancingProblem
+
+
+def status_kb(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+layers, experts, replicas, groups, nodes, gpus = (int(x) for x in sys.argv[1:])
+warm = BalancingProblem(generated_loads(2, 2, experts), replicas, groups, nodes, gpus)
+balance(warm, fast=True)
+problem = BalancingProblem(generated_loads(1, layers, experts), replicas, groups, nodes, gpus)
+with open("/proc/self/clear_refs", "w") as clear:
+    clear.write("5")  # reset the peak resident set size (VmHWM) to the current one
+before = status_kb("VmRSS")
+balance(problem, fast=True)
+print(status_kb("VmHWM") - before)
+"""
+
+
+def peak_memory_mb(shape: tuple[int, int], cluster: tuple[int, int, int, int]) -> float | None:
+    """Rise of the peak resident memory during one fast call, in a fresh process (MB).
+
+    Linux only (it resets and reads the process's VmHWM); None elsewhere.
+    """
+    arguments = [str(x) for x in (*shape, *cluster)]
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, *arguments], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        return None
+    return int(result.stdout.strip().splitlines()[-1]) / 1024
+
+
+def run_benchmark(data: str | None, rounds: int, json_path: str | None) -> int:
+    workloads, note = default_workloads(data)
+    trace_problems = [BalancingProblem(w.loads, *TRACE_CLUSTER) for w in workloads]
+    large_loads = generated_loads(seed=7, num_layers=LARGE_SHAPE[0], num_experts=LARGE_SHAPE[1])
+    large = BalancingProblem(large_loads, *LARGE_CLUSTER)
+
+    print(f"eplb-spec benchmark ({note})")
+    print(
+        f"median ms per call after warm-up, {rounds} interleaved round(s); the fast "
+        f"implementation uses up to {default_threads()} thread(s) unless marked"
+    )
+    timings = timings_for(
+        f"traces {workloads[0].loads.shape[0]}x{workloads[0].loads.shape[1]} {TRACE_CLUSTER}",
+        time_side_by_side(trace_problems, CONTENDERS, rounds),
+    )
+    timings += timings_for(
+        f"generated {LARGE_SHAPE[0]}x{LARGE_SHAPE[1]} {LARGE_CLUSTER}",
+        time_side_by_side([large], CONTENDERS, max(1, rounds)),
+    )
+    print(f"\n{'case':<46}{'implementation':<24}{'ms/call':>10}{'x baseline':>12}")
+    for t in timings:
+        print(f"{t.case:<46}{t.contender:<24}{t.median_ms:>10.3f}{t.speedup_vs_baseline:>12.1f}")
+
+    scaling = fast_scaling(max(3, rounds))
+    print(
+        f"\nfast seed scaling (generated loads)\n{'axis':<8}{'layers':>7}{'experts':>8}"
+        f"{'replicas':>9}{'gpus':>6}{'ms/call':>10}{'ms/layer':>10}"
+    )
+    for p in scaling:
+        print(
+            f"{p.axis:<8}{p.layers:>7}{p.experts:>8}{p.replicas:>9}{p.gpus:>6}"
+            f"{p.median_ms:>10.3f}{p.ms_per_layer:>10.4f}"
+        )
+
+    memory = peak_memory_mb(LARGE_SHAPE, LARGE_CLUSTER)
+    shown = "not measurable here (needs Linux /proc)" if memory is None else f"{memory:.1f} MB"
+    print(f"\npeak memory rise of one fast call at {LARGE_SHAPE} {LARGE_CLUSTER}: {shown}")
+    if json_path:
+        document = {
+            "source": note,
+            "rounds": rounds,
+            "timings": [asdict(t) for t in timings],
+            "scaling": [asdict(p) for p in scaling],
+            "peak_memory_mb": memory,
+        }
+        Path(json_path).write_text(json.dumps(document, indent=2) + "\n")
+    return 0

@@ -1,0 +1,103 @@
+"""Hypothesis strategies for balancing problems and for the inputs of each step.
+
+Loads come in styles that stress different parts of a balancer: many zeros, many ties,
+one dominant expert, near-equal loads, a wide dynamic range, and plain random integers
+or floats. Shapes run from one expert on one GPU to a few dozen experts on a dozen GPUs,
+under both the hierarchical and the global policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import strategies as st
+
+from spec.problem import BalancingProblem
+
+LOAD_STYLES = (
+    "small-integers",
+    "integers",
+    "floats",
+    "zeros",
+    "ties",
+    "dominant",
+    "near-equal",
+    "wide",
+)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    num_replicas: int
+    num_groups: int
+    num_nodes: int
+    num_gpus: int
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return (self.num_replicas, self.num_groups, self.num_nodes, self.num_gpus)
+
+
+@st.composite
+def load_values(draw: st.DrawFn, count: int, style: str | None = None) -> list[float]:
+    """``count`` non-negative loads in one of ``LOAD_STYLES``."""
+    chosen = style if style is not None else draw(st.sampled_from(LOAD_STYLES))
+    if chosen == "small-integers":
+        return [float(x) for x in draw(st.lists(st.integers(0, 6), min_size=count, max_size=count))]
+    if chosen == "integers":
+        integers = st.integers(0, 2**24)
+        return [float(x) for x in draw(st.lists(integers, min_size=count, max_size=count))]
+    if chosen == "floats":
+        floats = st.floats(0, 1e6, allow_nan=False, allow_infinity=False)
+        return draw(st.lists(floats, min_size=count, max_size=count))
+    if chosen == "zeros":
+        mask = draw(st.lists(st.booleans(), min_size=count, max_size=count))
+        return [float(draw(st.integers(1, 100))) if m else 0.0 for m in mask]
+    if chosen == "ties":
+        level = float(draw(st.integers(0, 50)))
+        other = float(draw(st.integers(0, 50)))
+        mask = draw(st.lists(st.booleans(), min_size=count, max_size=count))
+        return [level if m else other for m in mask]
+    if chosen == "dominant":
+        rest = draw(st.lists(st.integers(0, 10), min_size=count, max_size=count))
+        index = draw(st.integers(0, count - 1))
+        rest[index] = draw(st.integers(1000, 10**6))
+        return [float(x) for x in rest]
+    if chosen == "near-equal":
+        base = float(draw(st.integers(1, 10**6)))
+        steps = draw(st.lists(st.integers(-2, 2), min_size=count, max_size=count))
+        return [max(0.0, base + s * 2**-20 * base) for s in steps]
+    exponents = draw(st.lists(st.integers(-30, 30), min_size=count, max_size=count))
+    return [float(2.0**e) for e in exponents]
+
+
+@st.composite
+def clusters(
+    draw: st.DrawFn, num_experts: int | None = None, max_gpus: int = 12
+) -> tuple[int, Cluster]:
+    """A number of experts and a valid cluster for it, under either policy."""
+    hierarchical = draw(st.booleans())
+    if hierarchical:
+        nodes = draw(st.integers(1, 3))
+        groups = nodes * draw(st.integers(1, 3))
+        experts = num_experts if num_experts is not None else groups * draw(st.integers(1, 4))
+        if experts % groups:
+            groups = nodes = 1
+        gpus = nodes * draw(st.integers(1, max(1, max_gpus // nodes)))
+    else:
+        nodes = draw(st.integers(2, 4))
+        groups = nodes * draw(st.integers(0, 2)) + draw(st.integers(1, nodes - 1))
+        experts = num_experts if num_experts is not None else draw(st.integers(1, 16))
+        gpus = draw(st.integers(1, max_gpus))
+    per_gpu = draw(st.integers(1, 4))
+    per_gpu = max(per_gpu, -(-experts // gpus))
+    return experts, Cluster(gpus * per_gpu, groups, nodes, gpus)
+
+
+@st.composite
+def problems(draw: st.DrawFn, max_layers: int = 3) -> BalancingProblem:
+    """A valid ``BalancingProblem`` with loads of mixed styles (one style per layer)."""
+    experts, cluster = draw(clusters())
+    layers = draw(st.integers(1, max_layers))
+    loads = [draw(load_values(experts)) for _ in range(layers)]
+    return BalancingProblem(np.asarray(loads, dtype=np.float64), *cluster.as_tuple())

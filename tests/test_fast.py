@@ -1,0 +1,74 @@
+"""The fast implementation gives exactly the reference's output, element for element."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from impl import balance, rebalance_experts
+from impl.balancer import BalanceResult, Variant
+from properties.strategies import problems
+from properties.workloads import TRACE_CLUSTER, Workload, default_workloads
+from spec import BalancingProblem
+
+FIELDS = ("phy2log", "log2phy", "logcnt", "counts_refined", "replicas_swapped")
+
+
+def assert_identical(fast: BalanceResult, reference: BalanceResult) -> None:
+    for field in FIELDS:
+        a, b = getattr(fast, field), getattr(reference, field)
+        assert a.dtype == b.dtype, field
+        assert np.array_equal(a, b), f"{field} differs:\nfast={a}\nreference={b}"
+
+
+VARIANTS: tuple[Variant, ...] = ("seed", "baseline")
+
+
+@given(problems(), st.sampled_from(VARIANTS), st.booleans(), st.booleans())
+@example(BalancingProblem([[0.0, 0.0, 0.0]], 8, 1, 1, 4), "seed", True, True)
+@example(BalancingProblem([[5.0, 5.0, 5.0, 5.0]], 8, 2, 2, 4), "seed", True, True)
+@example(BalancingProblem([[1e6, 1.0]], 4, 1, 1, 2), "seed", True, True)
+def test_fast_equals_reference(
+    problem: BalancingProblem, variant: Variant, refine_a: bool, refine_b: bool
+) -> None:
+    reference = balance(problem, variant=variant, refine_a=refine_a, refine_b=refine_b)
+    fast = balance(problem, variant=variant, refine_a=refine_a, refine_b=refine_b, fast=True)
+    assert_identical(fast, reference)
+
+
+WORKLOADS, _ = default_workloads()
+
+
+@pytest.mark.parametrize("workload", WORKLOADS, ids=[w.name for w in WORKLOADS])
+def test_fast_equals_reference_on_the_traces(workload: Workload) -> None:
+    problem = BalancingProblem(workload.loads, *TRACE_CLUSTER)
+    for variant in VARIANTS:
+        assert_identical(
+            balance(problem, variant=variant, fast=True), balance(problem, variant=variant)
+        )
+
+
+def test_fast_flag_on_the_public_entry_point() -> None:
+    weight = torch.tensor([[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86]] * 3)
+    for variant in VARIANTS:
+        slow = rebalance_experts(weight, 16, 4, 2, 8, variant=variant)
+        quick = rebalance_experts(weight, 16, 4, 2, 8, variant=variant, fast=True)
+        for a, b in zip(slow, quick, strict=True):
+            assert a.dtype == b.dtype == torch.int64
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"num_replicas \(8\) must be at least"):
+        rebalance_experts(weight, 8, 4, 2, 8, fast=True)
+    with pytest.raises(TypeError, match="fast must be a bool"):
+        rebalance_experts(weight, 16, 4, 2, 8, fast=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_fast_result_does_not_depend_on_threads(threads: int) -> None:
+    from properties.workloads import generated_loads
+
+    problem = BalancingProblem(generated_loads(seed=3, num_layers=45, num_experts=64), 96, 8, 4, 16)
+    reference = balance(problem)
+    assert_identical(balance(problem, fast=True, threads=threads), reference)
