@@ -53,6 +53,13 @@ def bench(session: nox.Session) -> None:
     session.run("eplb-spec", "bench", *session.posargs)
 
 
+@nox.session(name="bench-oracle")
+def bench_oracle(session: nox.Session) -> None:
+    """The oracle's speed and reach, and the balancers' certified gaps on the traces."""
+    install_project(session, "test")
+    session.run("eplb-spec", "bench-oracle", *session.posargs)
+
+
 @nox.session
 def report(session: nox.Session) -> None:
     """The main job: reference vs baseline on the real traces."""

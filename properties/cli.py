@@ -148,7 +148,42 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     bench.add_argument("--json", metavar="FILE", help="also write the tables as JSON")
     bench.set_defaults(handler=run_bench)
+
+    oracle_bench = commands.add_parser(
+        "bench-oracle",
+        help="oracle speed and reach, and certified gaps of the balancers on the traces",
+    )
+    oracle_bench.add_argument("--data", help="folder of trace *.json files")
+    oracle_bench.add_argument("--quick", action="store_true", help="fewer instances and layers")
+    oracle_bench.add_argument("--json", metavar="FILE", help="also write the tables as JSON")
+    oracle_bench.set_defaults(handler=run_oracle_bench)
+
+    solve = commands.add_parser(
+        "solve",
+        help="solve one instance file exactly and print the result as JSON",
+        description="Instance files (format 1): "
+        '{"problem": "replication", "weights": [...], "num_slots": S}, '
+        '{"problem": "packing", "weights": [...], "num_packs": G, "labels": [...]}, '
+        '{"problem": "joint", "weights": [...], "num_slots": S, "num_packs": G, '
+        '"distinct": false}; optional "time_limit_s" (default 10) and "seed" (default 0).',
+    )
+    solve.add_argument("file", help="instance JSON file")
+    solve.set_defaults(handler=run_solve)
     return parser
+
+
+def run_oracle_bench(args: argparse.Namespace) -> int:
+    from properties.oracle_bench import run_oracle_benchmark
+
+    return run_oracle_benchmark(args.data, args.quick, args.json)
+
+
+def run_solve(args: argparse.Namespace) -> int:
+    from oracle.instances import read_instance, solve_instance
+
+    result = solve_instance(read_instance(args.file))
+    print(json.dumps(result.to_json(), indent=2))
+    return 0
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -167,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(arguments)
     try:
         code: int = args.handler(args)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
         print(f"eplb-spec: error: {error}", file=sys.stderr)
         return 2
     return code

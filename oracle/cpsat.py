@@ -1,0 +1,53 @@
+"""CP-SAT settings shared by every model: one worker, a fixed seed, zero gap limits."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any
+
+from ortools.sat.python import cp_model
+
+DEFAULT_TIME_LIMIT_S = 10.0
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    seed: int = DEFAULT_SEED
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.time_limit_s > 0:
+            raise ValueError(f"time_limit_s must be positive, got {self.time_limit_s}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+
+    def solver(self) -> cp_model.CpSolver:
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = self.workers
+        solver.parameters.random_seed = self.seed
+        solver.parameters.max_time_in_seconds = self.time_limit_s
+        solver.parameters.relative_gap_limit = 0.0
+        solver.parameters.absolute_gap_limit = 0.0
+        return solver
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.workers,
+            "random_seed": self.seed,
+            "max_time_in_seconds": self.time_limit_s,
+            "relative_gap_limit": 0.0,
+            "absolute_gap_limit": 0.0,
+        }
+
+
+SOLVER_NAME = f"OR-Tools CP-SAT {version('ortools')}"
+
+
+def integer_bound(solver: cp_model.CpSolver) -> int:
+    """The proven lower bound of an integer objective, rounded down (never up)."""
+    bound = solver.best_objective_bound
+    return math.floor(bound) if math.isfinite(bound) else 0

@@ -1,0 +1,241 @@
+"""Joint replication and packing inside one node: choose the counts and the placement
+together to minimise the heaviest GPU.
+
+CP-SAT model: ``c_i`` replicas of expert ``i`` (``1..S-n+1``), ``x[i][g]`` of them on GPU
+``g`` (at most 1 each under the distinct rule), ``cap`` replicas per GPU. The load that
+expert ``i`` puts on GPU ``g`` is ``w_i * x / c``: a table constraint over the allowed
+``(c, x)`` pairs gives it exactly, in integers scaled by the least common multiple of
+every count in play (and of the weights' denominators). GPU loads are ordered
+non-increasingly to break the symmetry of identical GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from fractions import Fraction
+
+from ortools.sat.python import cp_model
+
+from oracle.cpsat import SOLVER_NAME, SolverSettings, integer_bound
+from oracle.exact import INTEGER_BUDGET, as_fractions
+from oracle.replication import check_replication_input, optimal_peak
+from oracle.result import Solution, SolveResult, Status
+from spec.solutions import count_problems, heaviest_pack, packing_problems
+
+
+def joint_lower_bound(weights: Sequence[Fraction], num_slots: int, num_packs: int) -> Fraction:
+    """``max(total / G, best replication peak)``: a GPU holds at least the average and
+    at least one whole replica."""
+    total = sum(weights, Fraction(0))
+    return max(total / num_packs, optimal_peak(weights, num_slots))
+
+
+def replica_listing(counts: Sequence[int]) -> list[int]:
+    """The expert of each replica, expert by expert."""
+    return [i for i, c in enumerate(counts) for _ in range(c)]
+
+
+def joint_heuristic(
+    weights: Sequence[Fraction], num_slots: int, num_packs: int, distinct: bool
+) -> tuple[list[int], list[int]] | None:
+    """Greedy counts (hottest replica load first), then diverse greedy packing."""
+    n = len(weights)
+    counts = [1] * n
+    for _ in range(num_slots - n):
+        hottest = max(range(n), key=lambda i: (weights[i] / counts[i], -i))
+        counts[hottest] += 1
+    if distinct and max(counts) > num_packs:
+        return None
+    labels = replica_listing(counts)
+    items = [weights[e] / counts[e] for e in labels]
+    cap = num_slots // num_packs
+    load = [Fraction(0)] * num_packs
+    size = [0] * num_packs
+    held = [set[int]() for _ in range(num_packs)]
+    pack_of = [-1] * num_slots
+    for j in sorted(range(num_slots), key=lambda j: (-items[j], j)):
+        target = min(
+            (p for p in range(num_packs) if size[p] < cap),
+            key=lambda p: (labels[j] in held[p], load[p], p),
+        )
+        if distinct and labels[j] in held[target]:
+            return None
+        pack_of[j] = target
+        load[target] += items[j]
+        size[target] += 1
+        held[target].add(labels[j])
+    return counts, pack_of
+
+
+def solve_joint(
+    weights: Sequence[float | int | Fraction],
+    num_slots: int,
+    num_packs: int,
+    distinct: bool = False,
+    settings: SolverSettings | None = None,
+) -> SolveResult:
+    """Minimise the heaviest GPU over counts and placement together."""
+    check_replication_input(weights, num_slots)
+    if isinstance(num_packs, bool) or not isinstance(num_packs, int) or num_packs < 1:
+        raise ValueError(f"num_packs must be a positive int, got {num_packs!r}")
+    if num_slots % num_packs:
+        raise ValueError(f"num_slots ({num_slots}) must be divisible by num_packs ({num_packs})")
+    settings = settings or SolverSettings()
+    exact = as_fractions(weights)
+    start = time.perf_counter()
+    n = len(exact)
+    cap = num_slots // num_packs
+    most = num_slots - n + 1
+    analytical = joint_lower_bound(exact, num_slots, num_packs)
+    if distinct and n * num_packs < num_slots:
+        return SolveResult(
+            "joint",
+            Status.INFEASIBLE,
+            None,
+            analytical,
+            None,
+            time.perf_counter() - start,
+            "pigeonhole",
+            note=f"{n} experts cannot fill {num_slots} slots with at most one replica per GPU",
+        )
+    if distinct:
+        most = min(most, num_packs)
+
+    # Integers: exact with the lcm of every count and denominator when it fits, else a
+    # power-of-two resolution (each table entry then off by at most 1/2).
+    common = 1
+    for c in range(1, most + 1):
+        common = math.lcm(common, c)
+    for w in exact:
+        common = math.lcm(common, w.denominator)
+    total = sum(exact, Fraction(0))
+    is_exact = total * common * cap <= INTEGER_BUDGET
+    scale = Fraction(common)
+    if not is_exact:
+        scale = Fraction(1)
+        while total * scale * cap * 2 <= INTEGER_BUDGET:
+            scale *= 2
+        while total * scale * cap > INTEGER_BUDGET:
+            scale /= 2
+
+    def scaled_share(i: int, c: int, x: int) -> int:
+        return round(exact[i] * x / c * scale)
+
+    scaled = [scaled_share(i, 1, 1) for i in range(n)]
+    most_here = 1 if distinct else min(cap, most)  # replicas of one expert on one GPU
+    model = cp_model.CpModel()
+    count = [model.new_int_var(1, most, f"c{i}") for i in range(n)]
+    held = [
+        [model.new_int_var(0, most_here, f"x{i}_{g}") for g in range(num_packs)] for i in range(n)
+    ]
+    share = [
+        [
+            model.new_int_var(0, scaled[i] * min(cap, most) + 1, f"t{i}_{g}")
+            for g in range(num_packs)
+        ]
+        for i in range(n)
+    ]
+    model.add(sum(count) == num_slots)
+    for i in range(n):
+        model.add(sum(held[i]) == count[i])
+        pairs = [
+            (c, x, scaled_share(i, c, x))
+            for c in range(1, most + 1)
+            for x in range(0, min(c, most_here) + 1)
+        ]
+        for g in range(num_packs):
+            model.add_allowed_assignments([count[i], held[i][g], share[i][g]], pairs)
+    loads = []
+    for g in range(num_packs):
+        model.add(sum(held[i][g] for i in range(n)) == cap)
+        load = model.new_int_var(0, sum(scaled) * cap, f"load{g}")
+        model.add(load == sum(share[i][g] for i in range(n)))
+        loads.append(load)
+    for g in range(num_packs - 1):
+        model.add(loads[g] >= loads[g + 1])
+    floor = int(analytical * scale) - (0 if is_exact else cap)
+    peak = model.new_int_var(max(0, floor), sum(scaled) * cap, "peak")
+    model.add(peak == loads[0])
+    model.minimize(peak)
+
+    guess = joint_heuristic(exact, num_slots, num_packs, distinct)
+    if guess is not None:
+        counts, pack_of = guess
+        labels = replica_listing(counts)
+        per_pack = [[0] * num_packs for _ in range(n)]
+        for label, p in zip(labels, pack_of, strict=True):
+            per_pack[label][p] += 1
+        order = sorted(
+            range(num_packs),
+            key=lambda p: (
+                -sum(
+                    exact[labels[j]] / counts[labels[j]]
+                    for j in range(num_slots)
+                    if pack_of[j] == p
+                )
+            ),
+        )
+        for i in range(n):
+            model.add_hint(count[i], counts[i])
+            for g, p in enumerate(order):
+                model.add_hint(held[i][g], per_pack[i][p])
+
+    solver = settings.solver()
+    code = solver.solve(model)
+    elapsed = time.perf_counter() - start
+    if code == cp_model.INFEASIBLE:
+        return SolveResult(
+            "joint",
+            Status.INFEASIBLE,
+            None,
+            analytical,
+            None,
+            elapsed,
+            SOLVER_NAME,
+            settings.describe(),
+        )
+    solver_bound = Fraction(integer_bound(solver)) - (0 if is_exact else Fraction(cap, 2))
+    bound = max(analytical, solver_bound / scale)
+    if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return SolveResult(
+            "joint",
+            Status.UNKNOWN,
+            None,
+            bound,
+            None,
+            elapsed,
+            SOLVER_NAME,
+            settings.describe(),
+            note="no solution within the time limit",
+        )
+    counts = [int(solver.value(v)) for v in count]
+    pack_of = [
+        g for i in range(n) for g in range(num_packs) for _ in range(int(solver.value(held[i][g])))
+    ]
+    labels = replica_listing(counts)
+    problems = count_problems(counts, n, num_slots) + packing_problems(
+        pack_of, num_packs, labels if distinct else None
+    )
+    if problems:
+        raise AssertionError(f"joint oracle produced an invalid answer: {problems}")
+    objective = heaviest_pack([exact[e] / counts[e] for e in labels], pack_of, num_packs)
+    status = Status.OPTIMAL if objective == bound else Status.FEASIBLE
+    return SolveResult(
+        problem="joint",
+        status=status,
+        objective=objective,
+        bound=min(bound, objective),
+        solution=Solution(counts=tuple(counts), pack_of=tuple(pack_of)),
+        wall_time_s=elapsed,
+        solver=SOLVER_NAME,
+        parameters=settings.describe(),
+        exact=is_exact,
+        resolution=None if is_exact else 1 / scale,
+        note=""
+        if status is Status.OPTIMAL
+        else "time limit reached"
+        if code == cp_model.FEASIBLE
+        else "optimal at the rounded resolution; the interval covers the rounding",
+    )
