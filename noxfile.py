@@ -47,6 +47,13 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+def gate(session: nox.Session) -> None:
+    """The default (thorough) gate on the reference; pass --impl TARGET to check another."""
+    install_project(session, "test")
+    session.run("eplb-spec", "gate", *session.posargs)
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Speed: reference, baseline and fast implementation side by side (no assertions)."""
     install_project(session, "test")

@@ -3,13 +3,20 @@
 Imports only ``spec`` from this project.
 """
 
-from impl.balancer import BalanceResult, balance, rebalance_experts
+from impl.balancer import (
+    BalanceResult,
+    balance,
+    rebalance_experts,
+    rebalance_experts_baseline,
+    rebalance_experts_fast,
+)
 from impl.steps import (
     Packing,
     pack_balanced,
     pack_diverse,
     refine_counts,
     refine_swap,
+    refine_swap_lists,
     replicate_greedy,
     water_fill,
 )
@@ -21,8 +28,11 @@ __all__ = [
     "pack_balanced",
     "pack_diverse",
     "rebalance_experts",
+    "rebalance_experts_baseline",
+    "rebalance_experts_fast",
     "refine_counts",
     "refine_swap",
+    "refine_swap_lists",
     "replicate_greedy",
     "water_fill",
 ]

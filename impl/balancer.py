@@ -209,3 +209,19 @@ def rebalance_experts(
         torch.from_numpy(result.log2phy),
         torch.from_numpy(result.logcnt),
     )
+
+
+def rebalance_experts_baseline(
+    weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``rebalance_experts(..., variant="baseline")`` with DeepSeek's plain signature."""
+    return rebalance_experts(
+        weight, num_replicas, num_groups, num_nodes, num_gpus, variant="baseline"
+    )
+
+
+def rebalance_experts_fast(
+    weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``rebalance_experts(..., fast=True)`` with DeepSeek's plain signature."""
+    return rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, fast=True)

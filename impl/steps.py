@@ -234,3 +234,11 @@ def refine_swap(weights: Sequence[float], packing: Packing, num_gpus: int) -> Pa
         for position, item in enumerate(members[gpu]):
             result.pack[item], result.rank[item] = gpu, position
     return result
+
+
+def refine_swap_lists(
+    weights: Sequence[float], gpu: Sequence[int], rank: Sequence[int], num_gpus: int
+) -> tuple[list[int], list[int]]:
+    """``refine_swap`` on plain lists: the signature the gate checks refinements B with."""
+    result = refine_swap(weights, Packing(pack=list(gpu), rank=list(rank)), num_gpus)
+    return result.pack, result.rank

@@ -27,9 +27,26 @@ from spec.solutions import count_problems, heaviest_pack, packing_problems
 
 def joint_lower_bound(weights: Sequence[Fraction], num_slots: int, num_packs: int) -> Fraction:
     """``max(total / G, best replication peak)``: a GPU holds at least the average and
-    at least one whole replica."""
+    at least one whole replica.
+
+    The replication optimum is computed only when it can matter: any valid counts give
+    an upper bound on it, and when that is already at most ``total / G`` the average
+    wins.
+    """
     total = sum(weights, Fraction(0))
-    return max(total / num_packs, optimal_peak(weights, num_slots))
+    average = total / num_packs
+    n = len(weights)
+    if total > 0:
+        spare = num_slots - n
+        counts = [1 + (w * spare // total).__floor__() for w in weights]
+        for i in sorted(range(n), key=lambda i: -weights[i] / counts[i])[: num_slots - sum(counts)]:
+            counts[i] += 1
+        if (
+            sum(counts) == num_slots
+            and max(w / c for w, c in zip(weights, counts, strict=True)) <= average
+        ):
+            return average
+    return max(average, optimal_peak(weights, num_slots))
 
 
 def replica_listing(counts: Sequence[int]) -> list[int]:

@@ -158,6 +158,40 @@ def build_parser() -> argparse.ArgumentParser:
     oracle_bench.add_argument("--json", metavar="FILE", help="also write the tables as JSON")
     oracle_bench.set_defaults(handler=run_oracle_bench)
 
+    gate = commands.add_parser(
+        "gate",
+        help="check an EPLB implementation against the spec and the oracle",
+        description="Exit status 0: no violation; 1: violations; 2: the target cannot be "
+        "imported or the arguments are wrong.",
+    )
+    gate.add_argument(
+        "--impl",
+        default="impl:rebalance_experts",
+        metavar="TARGET",
+        help="package.module:function or path/to/file.py:function with DeepSeek's "
+        "rebalance_experts signature (default: this project's reference)",
+    )
+    gate.add_argument("--quick", action="store_true", help="reduced suite, under 30 s")
+    gate.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
+    gate.add_argument(
+        "--max-gap", type=float, metavar="PERCENT", help="fail above this gap to the optimum"
+    )
+    gate.add_argument("--data", help="folder of trace *.json files")
+    gate.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    gate.add_argument(
+        "--refine-a",
+        metavar="TARGET",
+        help="also check a refinement-A function refine(loads, counts) -> counts "
+        "(the reference: impl:refine_counts)",
+    )
+    gate.add_argument(
+        "--refine-b",
+        metavar="TARGET",
+        help="also check a refinement-B function refine(weights, gpu, rank, num_gpus) -> "
+        "(gpu, rank) (the reference: impl:refine_swap_lists)",
+    )
+    gate.set_defaults(handler=run_gate_command)
+
     solve = commands.add_parser(
         "solve",
         help="solve one instance file exactly and print the result as JSON",
@@ -176,6 +210,25 @@ def run_oracle_bench(args: argparse.Namespace) -> int:
     from properties.oracle_bench import run_oracle_benchmark
 
     return run_oracle_benchmark(args.data, args.quick, args.json)
+
+
+def run_gate_command(args: argparse.Namespace) -> int:
+    from properties.gate import gate_main
+
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout must be positive, got {args.timeout}")
+    if args.max_gap is not None and args.max_gap < 0:
+        raise ValueError(f"--max-gap must be non-negative, got {args.max_gap}")
+    return gate_main(
+        args.impl,
+        args.quick,
+        args.timeout,
+        args.max_gap,
+        args.data,
+        args.json,
+        args.refine_a,
+        args.refine_b,
+    )
 
 
 def run_solve(args: argparse.Namespace) -> int:

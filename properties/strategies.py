@@ -9,11 +9,15 @@ under both the hierarchical and the global policy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from hypothesis import strategies as st
 
 from spec.problem import BalancingProblem
+
+if TYPE_CHECKING:
+    from properties.suite import CountCase, SwapCase
 
 LOAD_STYLES = (
     "small-integers",
@@ -101,3 +105,65 @@ def problems(draw: st.DrawFn, max_layers: int = 3) -> BalancingProblem:
     layers = draw(st.integers(1, max_layers))
     loads = [draw(load_values(experts)) for _ in range(layers)]
     return BalancingProblem(np.asarray(loads, dtype=np.float64), *cluster.as_tuple())
+
+
+INTEGER_STYLES = ("small-integers", "integers", "zeros", "ties", "dominant")
+
+
+@st.composite
+def integer_problems(draw: st.DrawFn, max_layers: int = 3) -> BalancingProblem:
+    """Like ``problems`` with integer loads below 2**24 (exact in float32 too), for
+    comparing integer, float32 and float64 inputs."""
+    experts, cluster = draw(clusters())
+    layers = draw(st.integers(1, max_layers))
+    loads = [
+        draw(load_values(experts, draw(st.sampled_from(INTEGER_STYLES)))) for _ in range(layers)
+    ]
+    return BalancingProblem(np.asarray(loads, dtype=np.float64), *cluster.as_tuple())
+
+
+@st.composite
+def tiny_problems(draw: st.DrawFn) -> BalancingProblem:
+    """One layer small enough for the exact layer oracle (at most 6 experts, 8 slots)."""
+    experts = draw(st.integers(1, 6))
+    _, cluster = draw(
+        clusters(num_experts=experts, max_gpus=4).filter(lambda c: c[1].num_replicas <= 8)
+    )
+    loads = draw(load_values(experts, draw(st.sampled_from(INTEGER_STYLES))))
+    return BalancingProblem(np.asarray([loads], dtype=np.float64), *cluster.as_tuple())
+
+
+@st.composite
+def count_cases(draw: st.DrawFn) -> CountCase:
+    """Refinement A inputs: water-filled counts, or any valid counts."""
+    from impl.steps import water_fill
+    from properties.suite import CountCase
+
+    n = draw(st.integers(1, 10))
+    loads = draw(load_values(n))
+    slots = n + draw(st.integers(0, 12))
+    if draw(st.booleans()):
+        return CountCase(loads, water_fill(loads, slots))
+    return CountCase(loads, [draw(st.integers(1, 5)) for _ in range(n)])
+
+
+@st.composite
+def swap_cases(draw: st.DrawFn) -> SwapCase:
+    """Refinement B inputs: a diverse-greedy packing of water-filled replicas, or any
+    full assignment."""
+    from impl.steps import layout_by_expert, pack_diverse, water_fill
+    from properties.suite import SwapCase
+
+    num_gpus = draw(st.integers(1, 4))
+    cap = draw(st.integers(1, 4))
+    slots = num_gpus * cap
+    n = draw(st.integers(1, slots))
+    loads = draw(load_values(n))
+    counts = water_fill(loads, slots)
+    labels = layout_by_expert(counts)
+    weights = [loads[i] / counts[i] for i in labels]
+    if draw(st.booleans()):
+        packing = pack_diverse(weights, labels, num_gpus)
+        return SwapCase(weights, labels, packing.pack, packing.rank, num_gpus)
+    places = draw(st.permutations([(g, r) for g in range(num_gpus) for r in range(cap)]))
+    return SwapCase(weights, labels, [g for g, _ in places], [r for _, r in places], num_gpus)

@@ -1,0 +1,308 @@
+"""Properties written once, applied to any ``rebalance_experts`` implementation.
+
+Each property takes a ``Caller`` (a function that calls the implementation under test on
+``(weight, num_replicas, num_groups, num_nodes, num_gpus)`` and returns a ``CallResult``
+or a ``CallFailure``) and one problem, and raises ``Finding`` when the implementation
+breaks it. The gate runs them in a separate process; tests run them in-process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from oracle.pipeline import optimal_layer
+from oracle.result import Status
+from properties.isolation import CallFailure, CallResult, TensorArg
+from spec.objectives import peak_gpu_load
+from spec.placement import check_placement
+from spec.problem import BalancingProblem
+
+IntArray = npt.NDArray[np.int64]
+Caller = Callable[..., CallResult | CallFailure]
+
+
+class Finding(Exception):
+    """An implementation broke a property; ``check`` names which."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(f"[{check}] {message}")
+        self.check = check
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Outputs:
+    phy2log: Any
+    log2phy: Any
+    logcnt: Any
+    derived: str | None
+    returned: str
+
+
+def derive_from_phy2log(phy2log: IntArray, num_experts: int) -> tuple[IntArray, IntArray]:
+    """``log2phy`` (slots in ascending order, width ``R - E + 1``) and ``logcnt``."""
+    layers, replicas = phy2log.shape
+    width = max(1, replicas - num_experts + 1)
+    logcnt = np.zeros((layers, num_experts), dtype=np.int64)
+    log2phy = np.full((layers, num_experts, width), -1, dtype=np.int64)
+    for layer in range(layers):
+        for slot, expert in enumerate(phy2log[layer].tolist()):
+            if 0 <= expert < num_experts:
+                if logcnt[layer, expert] < width:
+                    log2phy[layer, expert, logcnt[layer, expert]] = slot
+                logcnt[layer, expert] += 1
+    return log2phy, logcnt
+
+
+def read_outputs(result: CallResult, problem: BalancingProblem) -> Outputs:
+    """The three arrays of an answer; a lone ``phy2log`` gets the rest derived."""
+    value = result.value
+    if isinstance(value, (tuple, list)) and len(value) == 3:
+        return Outputs(value[0], value[1], value[2], None, result.returned)
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, np.ndarray) and value.ndim == 2 and value.dtype.kind in "iu":
+        log2phy, logcnt = derive_from_phy2log(value.astype(np.int64), problem.num_experts)
+        return Outputs(
+            value, log2phy, logcnt, "log2phy and logcnt derived from phy2log", result.returned
+        )
+    raise Finding(
+        "contract",
+        f"returned {result.returned}; expected (phy2log, log2phy, logcnt) or phy2log alone",
+    )
+
+
+def tensor_arg(
+    problem: BalancingProblem, dtype: str = "float64", contiguous: bool = True
+) -> TensorArg:
+    values = problem.loads
+    if dtype.startswith("int"):
+        values = values.astype(np.int64)
+    return TensorArg(np.array(values), dtype, contiguous)
+
+
+def cluster_of(problem: BalancingProblem) -> tuple[int, int, int, int]:
+    return problem.num_replicas, problem.num_groups, problem.num_nodes, problem.num_gpus
+
+
+def call_ok(
+    call: Caller, problem: BalancingProblem, dtype: str = "float64", contiguous: bool = True
+) -> CallResult:
+    """Call on a valid problem; a raise, crash or hang is a finding."""
+    outcome = call(tensor_arg(problem, dtype, contiguous), *cluster_of(problem))
+    if isinstance(outcome, CallFailure):
+        check = {"raised": "raises-on-valid-input", "timeout": "timeout", "crash": "crash"}[
+            outcome.kind
+        ]
+        raise Finding(check, f"on a valid problem: {outcome.message}")
+    return outcome
+
+
+def check_contract(call: Caller, problem: BalancingProblem) -> tuple[Outputs, CallResult]:
+    """Valid output, input left alone."""
+    result = call_ok(call, problem)
+    if result.input_modified:
+        raise Finding("input-unmodified", "the implementation changed its weight tensor")
+    outputs = read_outputs(result, problem)
+    violations = check_placement(problem, outputs.phy2log, outputs.log2phy, outputs.logcnt)
+    if violations:
+        listed = "; ".join(str(v) for v in violations[:3])
+        more = f" (+{len(violations) - 3} more)" if len(violations) > 3 else ""
+        raise Finding("contract", listed + more)
+    return outputs, result
+
+
+def same_outputs(a: Outputs, b: Outputs) -> bool:
+    return all(
+        np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in ((a.phy2log, b.phy2log), (a.log2phy, b.log2phy), (a.logcnt, b.logcnt))
+    )
+
+
+def check_deterministic(call: Caller, problem: BalancingProblem) -> None:
+    first = read_outputs(call_ok(call, problem), problem)
+    second = read_outputs(call_ok(call, problem), problem)
+    if not same_outputs(first, second):
+        raise Finding("deterministic", "the same input gave two different placements")
+
+
+def check_input_forms(call: Caller, problem: BalancingProblem) -> None:
+    """Integer and float inputs, contiguous or not, give the same answer (loads are
+    small integers here, exact in every dtype)."""
+    reference = read_outputs(call_ok(call, problem), problem)
+    for dtype, contiguous, check in (
+        ("int64", True, "dtype-invariance"),
+        ("float32", True, "dtype-invariance"),
+        ("float64", False, "layout-invariance"),
+    ):
+        other = read_outputs(call_ok(call, problem, dtype, contiguous), problem)
+        if not same_outputs(reference, other):
+            form = dtype if contiguous else "a non-contiguous tensor"
+            raise Finding(check, f"{form} input gave a different placement than float64")
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """A precondition broken on purpose; ``structural`` when no placement can be valid."""
+
+    name: str
+    weight: TensorArg
+    cluster: tuple[int, int, int, int]
+    structural: bool
+
+
+def bad_inputs() -> list[BadInput]:
+    good = np.arange(1, 13, dtype=np.float64).reshape(1, 12)
+    cluster = (16, 4, 2, 8)
+
+    def loads_with(value: float) -> TensorArg:
+        broken = good.copy()
+        broken[0, 5] = value
+        return TensorArg(broken)
+
+    return [
+        BadInput("NaN load", loads_with(math.nan), cluster, False),
+        BadInput("infinite load", loads_with(math.inf), cluster, False),
+        BadInput("negative load", loads_with(-3.0), cluster, False),
+        BadInput("num_replicas < num_experts", TensorArg(good), (8, 4, 2, 8), True),
+        BadInput("num_replicas not divisible by num_gpus", TensorArg(good), (20, 4, 2, 8), True),
+        BadInput("groups do not divide experts", TensorArg(good), (16, 8, 2, 8), True),
+        BadInput("gpus not divisible by nodes", TensorArg(good), (16, 3, 3, 4), True),
+        BadInput("zero gpus", TensorArg(good), (16, 4, 2, 0), True),
+    ]
+
+
+def check_bad_input(call: Caller, case: BadInput) -> str:
+    """An implementation may reject bad input; it must not return a wrong placement.
+
+    Returns what it did: ``rejected`` or ``returned a valid placement``.
+    """
+    outcome = call(case.weight, *case.cluster)
+    if isinstance(outcome, CallFailure):
+        if outcome.kind == "raised":
+            return f"rejected ({outcome.exception_type})"
+        raise Finding("bad-input", f"{case.name}: {outcome.kind}: {outcome.message}")
+    if case.structural:
+        raise Finding("bad-input", f"{case.name}: returned a placement although none can be valid")
+    loads = np.nan_to_num(case.weight.values, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
+    problem = BalancingProblem(loads, *case.cluster)
+    outputs = read_outputs(outcome, problem)
+    violations = check_placement(problem, outputs.phy2log, outputs.log2phy, outputs.logcnt)
+    if violations:
+        raise Finding("bad-input", f"{case.name}: returned an invalid placement: {violations[0]}")
+    return "returned a valid placement"
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Peak of the implementation against the proven optimum, for one layer."""
+
+    peak: float
+    optimum: Fraction
+    proven: bool
+
+    @property
+    def relative(self) -> float:
+        return self.peak / float(self.optimum) - 1 if self.optimum > 0 else 0.0
+
+
+def check_optimality(
+    call: Caller, problem: BalancingProblem, max_gap_percent: float | None
+) -> list[Gap]:
+    """Per layer: the peak is never below the proven bound (that would mean a bug in the
+    implementation's output or in the oracle), and within ``max_gap_percent`` of the
+    optimum when a limit is set."""
+    outputs, _ = check_contract(call, problem)
+    peaks = peak_gpu_load(
+        problem.loads, np.asarray(outputs.phy2log), np.asarray(outputs.logcnt), problem.num_gpus
+    )
+    gaps = []
+    for layer in range(problem.num_layers):
+        answer = optimal_layer(problem, layer).result
+        peak = float(peaks[layer])
+        tolerance = 1e-9 * max(1.0, abs(peak))
+        if peak < float(answer.bound) - tolerance:
+            raise Finding(
+                "optimality",
+                f"layer {layer}: peak {peak!r} is below the proven optimum bound {answer.bound}; "
+                f"the placement or the oracle is wrong",
+            )
+        assert answer.objective is not None
+        gap = Gap(peak, answer.objective, answer.status is Status.OPTIMAL)
+        gaps.append(gap)
+        if (
+            max_gap_percent is not None
+            and gap.proven
+            and gap.relative * 100 > max_gap_percent + 1e-9
+        ):
+            raise Finding(
+                "max-gap",
+                f"layer {layer}: peak {peak:g} is {gap.relative:.2%} above the optimum "
+                f"{float(answer.objective):g} (limit {max_gap_percent:g}%)",
+            )
+    return gaps
+
+
+@dataclass(frozen=True)
+class CountCase:
+    """Input of refinement A: one row's loads and replica counts."""
+
+    loads: list[float]
+    counts: list[int]
+
+
+@dataclass(frozen=True)
+class SwapCase:
+    """Input of refinement B: one node's replicas and their assignment to GPUs."""
+
+    weights: list[float]
+    labels: list[int]
+    gpu: list[int]
+    rank: list[int]
+    num_gpus: int
+
+
+def as_int_list(value: Any, name: str) -> list[int]:
+    array = np.asarray(value)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise Finding(
+            name, f"returned {type(value).__name__} {array.dtype}; expected a list of ints"
+        )
+    return [int(x) for x in array]
+
+
+def check_refinement_a(call: Caller, case: CountCase) -> None:
+    """``refine(loads, counts) -> counts`` keeps refinement A's contract."""
+    from spec.refinements import check_count_refinement
+
+    outcome = call(list(case.loads), list(case.counts))
+    if isinstance(outcome, CallFailure):
+        raise Finding("refinement-a", f"{outcome.kind}: {outcome.message}")
+    after = as_int_list(outcome.value, "refinement-a")
+    violations = check_count_refinement(case.loads, case.counts, after)
+    if violations:
+        raise Finding("refinement-a", "; ".join(str(v) for v in violations))
+
+
+def check_refinement_b(call: Caller, case: SwapCase) -> None:
+    """``refine(weights, gpu, rank, num_gpus) -> (gpu, rank)`` keeps refinement B's
+    contract."""
+    from spec.refinements import check_swap_refinement
+
+    outcome = call(list(case.weights), list(case.gpu), list(case.rank), case.num_gpus)
+    if isinstance(outcome, CallFailure):
+        raise Finding("refinement-b", f"{outcome.kind}: {outcome.message}")
+    value = outcome.value
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise Finding("refinement-b", f"returned {outcome.returned}; expected (gpu, rank)")
+    gpu, rank = as_int_list(value[0], "refinement-b"), as_int_list(value[1], "refinement-b")
+    violations = check_swap_refinement(case.weights, case.gpu, case.rank, gpu, rank, case.num_gpus)
+    if violations:
+        raise Finding("refinement-b", "; ".join(str(v) for v in violations))
