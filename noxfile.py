@@ -68,6 +68,13 @@ def bench_oracle(session: nox.Session) -> None:
 
 
 @nox.session
+def vectors(session: nox.Session) -> None:
+    """Write test vectors; ``nox -s vectors -- --tiers small,medium,large --out DIR``."""
+    install_project(session, "test")
+    session.run("eplb-spec", "vectors", *(session.posargs or ["--tiers", "small,medium"]))
+
+
+@nox.session
 def report(session: nox.Session) -> None:
     """The main job: reference vs baseline on the real traces."""
     install_project(session, "test")

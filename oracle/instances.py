@@ -5,7 +5,12 @@
 {"format": 1, "problem": "packing", "weights": [...], "num_packs": G, "labels": [...]}
 {"format": 1, "problem": "joint", "weights": [...], "num_slots": S, "num_packs": G,
  "distinct": false}
+{"format": 1, "problem": "layer", "weights": [...], "num_replicas": R, "num_groups": Gr,
+ "num_nodes": N, "num_gpus": P}
 ```
+
+``layer`` is one layer of a whole ``rebalance_experts`` problem (tiny sizes: every group
+split is tried, each node solved exactly); its objective is the least peak GPU load.
 
 ``format`` defaults to 1; ``labels`` and ``distinct`` are optional; ``time_limit_s``
 (default 10) and ``seed`` (default 0) set the solver. Weights are non-negative numbers.
@@ -21,8 +26,10 @@ from typing import Any
 from oracle.cpsat import DEFAULT_SEED, DEFAULT_TIME_LIMIT_S, SolverSettings
 from oracle.joint import solve_joint
 from oracle.packing import solve_packing
+from oracle.pipeline import optimal_layer
 from oracle.replication import solve_replication
 from oracle.result import SolveResult
+from spec.problem import BalancingProblem
 
 FORMAT_VERSION = 1
 COMMON_KEYS = {"format", "problem", "weights", "time_limit_s", "seed"}
@@ -30,6 +37,7 @@ PROBLEM_KEYS = {
     "replication": ({"num_slots"}, set()),
     "packing": ({"num_packs"}, {"labels"}),
     "joint": ({"num_slots", "num_packs"}, {"distinct"}),
+    "layer": ({"num_replicas", "num_groups", "num_nodes", "num_gpus"}, set()),
 }
 
 
@@ -71,6 +79,10 @@ def solve_instance(document: dict[str, Any]) -> SolveResult:
     )
     if problem == "replication":
         return solve_replication(weights, document["num_slots"])
+    if problem == "layer":
+        cluster = [document[k] for k in ("num_replicas", "num_groups", "num_nodes", "num_gpus")]
+        layer_problem = BalancingProblem([weights], *cluster)
+        return optimal_layer(layer_problem, 0, settings).result
     if problem == "packing":
         labels = document.get("labels")
         if labels is not None and not isinstance(labels, list):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from impl.balancer import BalanceResult, Variant, balance
 from properties.workloads import TRACE_CLUSTER, Workload, default_workloads
-from spec.objectives import balancedness, gpu_loads
+from spec.objectives import balancedness, gpu_loads, gpus_with_duplicate_replicas
 from spec.problem import BalancingProblem
 
 
@@ -30,6 +30,9 @@ class TraceReport:
     balancedness_baseline: float
     layers_changed_by_a: int
     layers_changed_by_b: int
+    balancedness_without_b: float
+    duplicate_gpus_seed: int
+    duplicate_gpus_without_b: int
     seconds_seed: float
     seconds_baseline: float
 
@@ -45,6 +48,7 @@ def report_trace(workload: Workload, cluster: tuple[int, int, int, int]) -> Trac
     problem = BalancingProblem(workload.loads, *cluster, loads_name=workload.name)
     seed, seed_seconds = timed_balance(problem, "seed")
     base, base_seconds = timed_balance(problem, "baseline")
+    without_b = balance(problem, refine_b=False, fast=True)
     num_gpus = cluster[3]
     return TraceReport(
         trace=workload.name,
@@ -58,6 +62,13 @@ def report_trace(workload: Workload, cluster: tuple[int, int, int, int]) -> Trac
         ),
         layers_changed_by_a=int(seed.counts_refined.any(-1).sum()),
         layers_changed_by_b=int(seed.replicas_swapped.any(-1).sum()),
+        balancedness_without_b=balancedness(
+            gpu_loads(problem.loads, without_b.phy2log, without_b.logcnt, num_gpus)
+        ),
+        duplicate_gpus_seed=int(gpus_with_duplicate_replicas(seed.phy2log, num_gpus).sum()),
+        duplicate_gpus_without_b=int(
+            gpus_with_duplicate_replicas(without_b.phy2log, num_gpus).sum()
+        ),
         seconds_seed=seed_seconds,
         seconds_baseline=base_seconds,
     )
@@ -73,32 +84,38 @@ def print_report(
     )
     print(note)
     header = (
-        f"{'trace':<28}{'layers':>7}{'bal seed':>10}{'bal base':>10}"
-        f"{'A changed':>11}{'B changed':>11}{'ms seed':>9}{'ms base':>9}"
+        f"{'trace':<24}{'layers':>7}{'bal seed':>10}{'bal base':>10}{'A chg':>7}{'B chg':>7}"
+        f"{'B gain':>9}{'dup':>5}{'dup-B':>6}{'ms seed':>9}{'ms base':>9}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
-            f"{row.trace:<28}{row.layers:>7}{row.balancedness_seed:>10.4f}"
-            f"{row.balancedness_baseline:>10.4f}{row.layers_changed_by_a:>11}"
-            f"{row.layers_changed_by_b:>11}{row.seconds_seed * 1e3:>9.1f}"
-            f"{row.seconds_baseline * 1e3:>9.1f}"
+            f"{row.trace:<24}{row.layers:>7}{row.balancedness_seed:>10.4f}"
+            f"{row.balancedness_baseline:>10.4f}{row.layers_changed_by_a:>7}"
+            f"{row.layers_changed_by_b:>7}"
+            f"{row.balancedness_seed - row.balancedness_without_b:>9.1e}"
+            f"{row.duplicate_gpus_seed:>5}{row.duplicate_gpus_without_b:>6}"
+            f"{row.seconds_seed * 1e3:>9.1f}{row.seconds_baseline * 1e3:>9.1f}"
         )
     print("-" * len(header))
     print(
-        f"{'mean':<28}{'':>7}"
+        f"{'mean / total / median':<24}{'':>7}"
         f"{statistics.fmean(r.balancedness_seed for r in rows):>10.4f}"
         f"{statistics.fmean(r.balancedness_baseline for r in rows):>10.4f}"
-        f"{sum(r.layers_changed_by_a for r in rows):>11}"
-        f"{sum(r.layers_changed_by_b for r in rows):>11}"
+        f"{sum(r.layers_changed_by_a for r in rows):>7}"
+        f"{sum(r.layers_changed_by_b for r in rows):>7}"
+        f"{statistics.fmean(r.balancedness_seed - r.balancedness_without_b for r in rows):>9.1e}"
+        f"{sum(r.duplicate_gpus_seed for r in rows):>5}"
+        f"{sum(r.duplicate_gpus_without_b for r in rows):>6}"
         f"{statistics.median(r.seconds_seed for r in rows) * 1e3:>9.1f}"
         f"{statistics.median(r.seconds_baseline for r in rows) * 1e3:>9.1f}"
     )
     print(
-        "balancedness = sum over layers of mean GPU load / sum of peak GPU load (1 is perfect); "
-        "'A/B changed' = layers where refinement A/B acted on at least one node (totals in "
-        "the last row); times are one call each (medians in the last row)."
+        "bal = balancedness, sum over layers of mean GPU load / sum of peak GPU load (1 is "
+        "perfect); A/B chg = layers where refinement A/B acted on at least one node; B gain "
+        "= balancedness with B minus without; dup / dup-B = GPUs holding two replicas of one "
+        "expert, with and without B; ms = one call of the reference (not fast) each."
     )
 
 
@@ -192,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gate.set_defaults(handler=run_gate_command)
 
+    vectors = commands.add_parser(
+        "vectors",
+        help="write JSON test vectors (instances with proven answers) in tiers by size",
+    )
+    vectors.add_argument("--out", default="vectors", help="folder (default: vectors)")
+    vectors.add_argument("--tiers", default="small", help="comma-separated: small,medium,large")
+    vectors.add_argument("--count", type=int, default=None, help="vectors per tier")
+    vectors.set_defaults(handler=run_vectors)
+
     solve = commands.add_parser(
         "solve",
         help="solve one instance file exactly and print the result as JSON",
@@ -229,6 +255,17 @@ def run_gate_command(args: argparse.Namespace) -> int:
         args.refine_a,
         args.refine_b,
     )
+
+
+def run_vectors(args: argparse.Namespace) -> int:
+    from properties.vectors import write_tiers
+
+    tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
+    defaults = {"small": 60, "medium": 30, "large": 12}
+    counts = {t: args.count if args.count is not None else defaults.get(t, 10) for t in tiers}
+    for path in write_tiers(Path(args.out), tiers, counts):
+        print(f"wrote {path}")
+    return 0
 
 
 def run_solve(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,7 @@ class Progress:
 def describe_case(case: Any) -> dict[str, Any]:
     if isinstance(case, BalancingProblem):
         return describe(case)
-    return asdict(case)  # type: ignore[no-any-return]
+    return asdict(case)
 
 
 def hunt(
@@ -221,7 +222,8 @@ def hunt(
         progress.end()
         return GateViolation(
             "deterministic",
-            f"the target behaved inconsistently on repeated calls ({type(error).__name__}: {error})",
+            "the target behaved inconsistently on repeated calls "
+            f"({type(error).__name__}: {error})",
             describe_case(seen[-1]) if seen else None,
         )
     progress.end()
@@ -401,9 +403,7 @@ def run_gate(
             continue
         with IsolatedTarget(refinement, timeout_s) as refiner:
             examples = budget.contract
-            violation = hunt(
-                name, strategy, lambda case: property_check(refiner.call, case), examples, bar
-            )
+            violation = hunt(name, strategy, partial(property_check, refiner.call), examples, bar)
         report.checks[name] = f"{examples} examples: " + ("FAIL" if violation else "pass")
         if violation is not None:
             report.fail(violation)
@@ -427,7 +427,8 @@ def print_report(report: GateReport) -> None:
     if report.traces:
         print(f"  real traces at {TRACE_CLUSTER}:")
         print(
-            f"    {'trace':<26}{'balancedness':>13}{'peak/LB mean':>14}{'max':>8}{'dup GPUs':>10}{'s/call':>9}"
+            f"    {'trace':<26}{'balancedness':>13}{'peak/LB mean':>14}{'max':>8}"
+            f"{'dup GPUs':>10}{'s/call':>9}"
         )
         for t in report.traces:
             print(

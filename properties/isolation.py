@@ -8,6 +8,7 @@ and memory layout, and results come back as NumPy arrays.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import multiprocessing
@@ -176,10 +177,8 @@ class IsolatedTarget:
 
     def stop(self) -> None:
         if self.connection is not None:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 self.connection.send(None)
-            except (OSError, ValueError):
-                pass
             self.connection.close()
             self.connection = None
         if self.process is not None:

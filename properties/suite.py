@@ -9,6 +9,7 @@ breaks it. The gate runs them in a separate process; tests run them in-process.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -306,3 +307,25 @@ def check_refinement_b(call: Caller, case: SwapCase) -> None:
     violations = check_swap_refinement(case.weights, case.gpu, case.rank, gpu, rank, case.num_gpus)
     if violations:
         raise Finding("refinement-b", "; ".join(str(v) for v in violations))
+
+
+def in_process(function: Callable[..., Any]) -> Caller:
+    """A ``Caller`` that runs ``function`` in this process (for tests): no isolation,
+    the same argument handling and result conversion as the gate's worker."""
+    from properties.isolation import build_tensor, kinds_of, to_numpy
+
+    def call(*args: Any) -> CallResult | CallFailure:
+        built = [build_tensor(a) if isinstance(a, TensorArg) else a for a in args]
+        before = [a.clone() if hasattr(a, "clone") else None for a in built]
+        start = time.perf_counter()
+        try:
+            value = function(*built)
+        except Exception as error:
+            return CallFailure("raised", f"{type(error).__name__}: {error}", type(error).__name__)
+        seconds = time.perf_counter() - start
+        modified = any(
+            b is not None and not bool((a == b).all()) for a, b in zip(built, before, strict=True)
+        )
+        return CallResult(to_numpy(value), seconds, modified, kinds_of(value))
+
+    return call
