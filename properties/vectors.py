@@ -90,7 +90,7 @@ def instance_makers(tier: str) -> list[Callable[[random.Random], dict[str, Any]]
             "num_gpus": gpus,
         }
 
-    makers = [replication, packing, joint]
+    makers: list[Callable[[random.Random], dict[str, Any]]] = [replication, packing, joint]
     return [*makers, layer] if size == 0 else makers
 
 

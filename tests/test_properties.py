@@ -210,7 +210,8 @@ def test_each_stage_is_never_below_its_exact_optimum(case: tuple[list[float], in
 
     best_for_counts = best_packing(exact_items, gpus)
     joint = best_joint(loads, slots, gpus)
-    assert best_for_counts is not None and joint is not None
+    assert best_for_counts is not None
+    assert joint is not None
     assert peak(refined) <= peak(greedy)
     assert peak(refined) >= best_for_counts >= joint
 
@@ -231,6 +232,7 @@ def test_committed_vectors_still_hold() -> None:
 def test_committed_vectors_agree_with_brute_force() -> None:
     for vector in json.loads(VECTORS.read_text())["vectors"]:
         want = vector["expected"]
+        truth: Fraction | None
         if vector["problem"] == "replication":
             truth = best_replication(vector["weights"], vector["num_slots"])
         elif vector["problem"] == "packing":
