@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-# Largest scaled total handed to CP-SAT: sums of int64 coefficients must not overflow.
-INTEGER_BUDGET = 2**53
+# Largest scaled total handed to CP-SAT. Sums of int64 coefficients must not overflow,
+# the float CP-SAT reports its bound in must resolve every integer, and CP-SAT's presolve
+# was seen to declare a feasible model infeasible with values near 2**46: stay well below.
+INTEGER_BUDGET = 2**40
 
 
 def as_fractions(values: Sequence[float | int | Fraction], name: str = "weights") -> list[Fraction]:

@@ -122,11 +122,13 @@ def solve_joint(
 
     # Integers: exact with the lcm of every count and denominator when it fits, else a
     # power-of-two resolution (each table entry then off by at most 1/2).
-    common = 1
+    counts_lcm = 1
     for c in range(1, most + 1):
-        common = math.lcm(common, c)
+        counts_lcm = math.lcm(counts_lcm, c)
+    denominators_lcm = 1
     for w in exact:
-        common = math.lcm(common, w.denominator)
+        denominators_lcm = math.lcm(denominators_lcm, w.denominator)
+    common = counts_lcm * denominators_lcm  # makes every w_i * x / c an integer
     total = sum(exact, Fraction(0))
     is_exact = total * common * cap <= INTEGER_BUDGET
     scale = Fraction(common)
@@ -138,7 +140,9 @@ def solve_joint(
             scale /= 2
 
     def scaled_share(i: int, c: int, x: int) -> int:
-        return round(exact[i] * x / c * scale)
+        value = exact[i] * x / c * scale
+        assert not is_exact or value.denominator == 1
+        return round(value)
 
     scaled = [scaled_share(i, 1, 1) for i in range(n)]
     most_here = 1 if distinct else min(cap, most)  # replicas of one expert on one GPU
@@ -201,6 +205,13 @@ def solve_joint(
 
     solver = settings.solver()
     code = solver.solve(model)
+    if code == cp_model.INFEASIBLE and (guess is not None or not distinct):
+        # A feasible placement exists (we hold one, or no label rule applies): distrust the
+        # verdict and solve again without presolve.
+        solver.parameters.cp_model_presolve = False
+        code = solver.solve(model)
+        if code == cp_model.INFEASIBLE:
+            raise RuntimeError("CP-SAT declared a feasible joint model infeasible")
     elapsed = time.perf_counter() - start
     if code == cp_model.INFEASIBLE:
         return SolveResult(
@@ -243,7 +254,7 @@ def solve_joint(
         problem="joint",
         status=status,
         objective=objective,
-        bound=min(bound, objective),
+        bound=bound,
         solution=Solution(counts=tuple(counts), pack_of=tuple(pack_of)),
         wall_time_s=elapsed,
         solver=SOLVER_NAME,

@@ -150,6 +150,13 @@ def solve_packing(
 
     solver = settings.solver()
     code = solver.solve(model)
+    if code == cp_model.INFEASIBLE and (start_from is not None or lab is None):
+        # A feasible packing exists (we hold one, or there are no labels): distrust the
+        # verdict and solve again without presolve.
+        solver.parameters.cp_model_presolve = False
+        code = solver.solve(model)
+        if code == cp_model.INFEASIBLE:
+            raise RuntimeError("CP-SAT declared a feasible packing model infeasible")
     elapsed = time.perf_counter() - start
     if code == cp_model.INFEASIBLE:
         return SolveResult(
@@ -191,7 +198,6 @@ def solve_packing(
     if problems:
         raise AssertionError(f"packing oracle produced an invalid packing: {problems}")
     objective = heaviest_pack(exact, pack_of, num_packs)
-    bound = min(bound, objective)  # rounding slack can only loosen a bound, never lift it
     status = Status.OPTIMAL if objective == bound else Status.FEASIBLE
     note = (
         ""
