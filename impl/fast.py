@@ -75,6 +75,14 @@ def two_extremes(values: FloatArray, eligible: BoolArray, highest: bool) -> tupl
 
 
 @compiled
+def one_per_pack(pack: IntArray, rank: IntArray, row: int) -> None:
+    """With one item per pack, item ``j`` goes to pack ``j`` at rank 0."""
+    for j in range(pack.shape[1]):
+        pack[row, j] = j
+        rank[row, j] = 0
+
+
+@compiled
 def pack_balanced_rows(weights: FloatArray, num_packs: int) -> tuple[IntArray, IntArray]:
     """``impl.steps.pack_balanced`` on every row of ``weights``."""
     rows, count = weights.shape
@@ -87,9 +95,7 @@ def pack_balanced_rows(weights: FloatArray, num_packs: int) -> tuple[IntArray, I
     order = np.empty(count, dtype=np.int64)
     for b in range(rows):
         if per_pack == 1:
-            for j in range(count):
-                pack[b, j] = j
-                rank[b, j] = 0
+            one_per_pack(pack, rank, b)
             continue
         load[:] = 0.0
         size[:] = 0
@@ -330,9 +336,7 @@ def pack_diverse_rows(
     order = np.empty(count, dtype=np.int64)
     for b in range(rows):
         if cap == 1:
-            for j in range(count):
-                pack[b, j] = j
-                rank[b, j] = 0
+            one_per_pack(pack, rank, b)
             continue
         load[:] = 0.0
         size[:] = 0

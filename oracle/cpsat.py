@@ -60,3 +60,19 @@ def integer_bound(solver: cp_model.CpSolver) -> int:
         return 0
     nearest = round(bound)
     return nearest if abs(bound - nearest) < 0.25 else math.floor(bound)
+
+
+def solve(
+    settings: SolverSettings, model: cp_model.CpModel, feasible_known: bool, what: str
+) -> tuple[cp_model.CpSolver, Any]:
+    """Solve ``model``; when a feasible solution is known to exist but CP-SAT answers
+    INFEASIBLE (its presolve was seen to, with large coefficients), solve again without
+    presolve, and raise if the contradiction stays."""
+    solver = settings.solver()
+    code = solver.solve(model)
+    if code == cp_model.INFEASIBLE and feasible_known:
+        solver.parameters.cp_model_presolve = False
+        code = solver.solve(model)
+        if code == cp_model.INFEASIBLE:
+            raise RuntimeError(f"CP-SAT declared a feasible {what} model infeasible")
+    return solver, code

@@ -18,7 +18,7 @@ from fractions import Fraction
 
 from ortools.sat.python import cp_model
 
-from oracle.cpsat import SOLVER_NAME, SolverSettings, integer_bound
+from oracle.cpsat import SOLVER_NAME, SolverSettings, integer_bound, solve
 from oracle.exact import INTEGER_BUDGET, as_fractions
 from oracle.replication import check_replication_input, optimal_peak
 from oracle.result import Solution, SolveResult, Status
@@ -107,12 +107,9 @@ def solve_joint(
     most = num_slots - n + 1
     analytical = joint_lower_bound(exact, num_slots, num_packs)
     if distinct and n * num_packs < num_slots:
-        return SolveResult(
+        return SolveResult.infeasible(
             "joint",
-            Status.INFEASIBLE,
-            None,
             analytical,
-            None,
             time.perf_counter() - start,
             "pigeonhole",
             note=f"{n} experts cannot fill {num_slots} slots with at most one replica per GPU",
@@ -203,26 +200,11 @@ def solve_joint(
             for g, p in enumerate(order):
                 model.add_hint(held[i][g], per_pack[i][p])
 
-    solver = settings.solver()
-    code = solver.solve(model)
-    if code == cp_model.INFEASIBLE and (guess is not None or not distinct):
-        # A feasible placement exists (we hold one, or no label rule applies): distrust the
-        # verdict and solve again without presolve.
-        solver.parameters.cp_model_presolve = False
-        code = solver.solve(model)
-        if code == cp_model.INFEASIBLE:
-            raise RuntimeError("CP-SAT declared a feasible joint model infeasible")
+    solver, code = solve(settings, model, guess is not None or not distinct, "joint")
     elapsed = time.perf_counter() - start
     if code == cp_model.INFEASIBLE:
-        return SolveResult(
-            "joint",
-            Status.INFEASIBLE,
-            None,
-            analytical,
-            None,
-            elapsed,
-            SOLVER_NAME,
-            settings.describe(),
+        return SolveResult.infeasible(
+            "joint", analytical, elapsed, SOLVER_NAME, settings.describe()
         )
     solver_bound = Fraction(integer_bound(solver)) - (0 if is_exact else Fraction(cap, 2))
     bound = max(analytical, solver_bound / scale)

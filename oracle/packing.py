@@ -14,7 +14,7 @@ from fractions import Fraction
 
 from ortools.sat.python import cp_model
 
-from oracle.cpsat import SOLVER_NAME, SolverSettings, integer_bound
+from oracle.cpsat import SOLVER_NAME, SolverSettings, integer_bound, solve
 from oracle.exact import as_fractions, scale_to_integers
 from oracle.heuristics import canonical_packs, greedy_packing, improve_by_swaps
 from oracle.result import Solution, SolveResult, Status
@@ -94,12 +94,9 @@ def solve_packing(
             per_label[label] = per_label.get(label, 0) + 1
         crowded = [label for label, n in per_label.items() if n > num_packs]
         if crowded:
-            return SolveResult(
+            return SolveResult.infeasible(
                 "packing",
-                Status.INFEASIBLE,
-                None,
                 analytical,
-                None,
                 time.perf_counter() - start,
                 "pigeonhole",
                 note=f"label {crowded[0]} has {per_label[crowded[0]]} items for {num_packs} packs",
@@ -148,26 +145,11 @@ def solve_packing(
         for (j, p), var in x.items():
             model.add_hint(var, start_from[j] == p)
 
-    solver = settings.solver()
-    code = solver.solve(model)
-    if code == cp_model.INFEASIBLE and (start_from is not None or lab is None):
-        # A feasible packing exists (we hold one, or there are no labels): distrust the
-        # verdict and solve again without presolve.
-        solver.parameters.cp_model_presolve = False
-        code = solver.solve(model)
-        if code == cp_model.INFEASIBLE:
-            raise RuntimeError("CP-SAT declared a feasible packing model infeasible")
+    solver, code = solve(settings, model, start_from is not None or lab is None, "packing")
     elapsed = time.perf_counter() - start
     if code == cp_model.INFEASIBLE:
-        return SolveResult(
-            "packing",
-            Status.INFEASIBLE,
-            None,
-            analytical,
-            None,
-            elapsed,
-            SOLVER_NAME,
-            settings.describe(),
+        return SolveResult.infeasible(
+            "packing", analytical, elapsed, SOLVER_NAME, settings.describe()
         )
     solver_bound = Fraction(integer_bound(solver))
     if not scaled.exact:

@@ -273,7 +273,7 @@ def certify_row(
         "joint",
         Status.OPTIMAL if peak == bound else Status.FEASIBLE,
         peak,
-        min(bound, peak),
+        bound,
         Solution(counts=tuple(counts), pack_of=tuple(packing)),
         time.perf_counter() - start,
         "analytical bound + greedy and exchange heuristic",
@@ -337,7 +337,7 @@ def certify_layer(
         solutions.append(row.solution)
     phy2log = placement_from_nodes(problem, split, solutions)
     upper = verified_peak(problem, layer, phy2log)
-    lower = min(layer_lower_bound(problem, layer), upper)
+    lower = layer_lower_bound(problem, layer)
     status = Status.OPTIMAL if lower == upper else Status.FEASIBLE
     return LayerAnswer(
         SolveResult(

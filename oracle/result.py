@@ -51,6 +51,29 @@ class SolveResult:
         if self.objective is not None and self.bound > self.objective:
             raise AssertionError(f"bound {self.bound} above objective {self.objective}")
 
+    @classmethod
+    def infeasible(
+        cls,
+        problem: str,
+        bound: Fraction,
+        wall_time_s: float,
+        solver: str,
+        parameters: dict[str, Any] | None = None,
+        note: str = "",
+    ) -> SolveResult:
+        """A proof that no solution exists."""
+        return cls(
+            problem,
+            Status.INFEASIBLE,
+            None,
+            bound,
+            None,
+            wall_time_s,
+            solver,
+            parameters or {},
+            note=note,
+        )
+
     @property
     def gap(self) -> Fraction | None:
         """``objective - bound`` (0 when proven optimal)."""
