@@ -68,7 +68,7 @@ QUICK = Budget(
     contract=100, deterministic=20, input_forms=20, optimality=25, traces=2, trace_repeats=1
 )
 THOROUGH = Budget(
-    contract=300, deterministic=40, input_forms=40, optimality=60, traces=None, trace_repeats=3
+    contract=800, deterministic=100, input_forms=100, optimality=150, traces=None, trace_repeats=3
 )
 
 
