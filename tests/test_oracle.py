@@ -102,6 +102,7 @@ def joint_cases(draw: st.DrawFn) -> tuple[list[float], int, int, bool]:
 @example(([1.0, 37.0, 184.0, 184.0], 4, 2, False))  # found: CP-SAT's float bound 220.999...
 @example(([5452.0, 13557.0, 13759.449912514188], 3, 3, False))  # found: presolve, big values
 @example(([65.0, 14350.0, 14349.449912514188], 3, 3, False))
+@example(([1.0, 3.0, 1.064786709524924], 4, 2, True))  # found: a wrong OPTIMAL at 2**38
 def test_joint_equals_brute_force(case: tuple[list[float], int, int, bool]) -> None:
     weights, slots, packs, distinct = case
     result = solve_joint(weights, slots, packs, distinct, FAST)
