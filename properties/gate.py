@@ -325,7 +325,7 @@ def run_gate(
         sections: list[
             tuple[str, st.SearchStrategy[BalancingProblem], Callable[[BalancingProblem], None], int]
         ] = [
-            ("contract", problems(), lambda p: contract(p), budget.contract),
+            ("contract", problems(), contract, budget.contract),
             (
                 "deterministic",
                 problems(),
