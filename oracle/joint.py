@@ -127,13 +127,14 @@ def solve_joint(
         denominators_lcm = math.lcm(denominators_lcm, w.denominator)
     common = counts_lcm * denominators_lcm  # makes every w_i * x / c an integer
     total = sum(exact, Fraction(0))
-    is_exact = total * common * cap <= INTEGER_BUDGET
+    # The largest number in the model is a GPU's load, at most the scaled total.
+    is_exact = total * common <= INTEGER_BUDGET
     scale = Fraction(common)
     if not is_exact:
         scale = Fraction(1)
-        while total * scale * cap * 2 <= INTEGER_BUDGET:
+        while total * scale * 2 <= INTEGER_BUDGET:
             scale *= 2
-        while total * scale * cap > INTEGER_BUDGET:
+        while total * scale > INTEGER_BUDGET:
             scale /= 2
 
     def scaled_share(i: int, c: int, x: int) -> int:
@@ -150,7 +151,7 @@ def solve_joint(
     ]
     share = [
         [
-            model.new_int_var(0, scaled[i] * min(cap, most) + 1, f"t{i}_{g}")
+            model.new_int_var(0, scaled[i] + 1, f"t{i}_{g}")  # w * x / c <= w
             for g in range(num_packs)
         ]
         for i in range(n)
@@ -168,13 +169,13 @@ def solve_joint(
     loads = []
     for g in range(num_packs):
         model.add(sum(held[i][g] for i in range(n)) == cap)
-        load = model.new_int_var(0, sum(scaled) * cap, f"load{g}")
+        load = model.new_int_var(0, sum(scaled) + n, f"load{g}")
         model.add(load == sum(share[i][g] for i in range(n)))
         loads.append(load)
     for g in range(num_packs - 1):
         model.add(loads[g] >= loads[g + 1])
     floor = int(analytical * scale) - (0 if is_exact else cap)
-    peak = model.new_int_var(max(0, floor), sum(scaled) * cap, "peak")
+    peak = model.new_int_var(max(0, floor), sum(scaled) + n, "peak")
     model.add(peak == loads[0])
     model.minimize(peak)
 
