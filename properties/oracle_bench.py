@@ -188,9 +188,8 @@ def run_oracle_benchmark(data: str | None, quick: bool, json_path: str | None) -
     workloads, note = default_workloads(data)
     print(f"eplb-spec oracle benchmark ({note}); one CP-SAT worker, seed 0")
     families = solver_families(quick)
-    print(
-        f"\n{'instances (proven: optimal or infeasible)':<48}{'n':>4}{'proven':>8}{'median s':>10}{'max s':>9}"
-    )
+    heading = "instances (proven: optimal or infeasible)"
+    print(f"\n{heading:<48}{'n':>4}{'proven':>8}{'median s':>10}{'max s':>9}")
     for f in families:
         print(f"{f.family:<48}{f.instances:>4}{f.proven:>8}{f.median_s:>10.3f}{f.max_s:>9.3f}")
     largest = largest_proven(quick)
