@@ -69,6 +69,8 @@ def test_fast_flag_on_the_public_entry_point() -> None:
 def test_fast_result_does_not_depend_on_threads(threads: int) -> None:
     from properties.workloads import generated_loads
 
-    problem = BalancingProblem(generated_loads(seed=3, num_layers=45, num_experts=64), 96, 8, 4, 16)
+    problem = BalancingProblem(
+        generated_loads(seed=3, num_layers=170, num_experts=64), 96, 8, 4, 16
+    )
     reference = balance(problem)
     assert_identical(balance(problem, fast=True, threads=threads), reference)
