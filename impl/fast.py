@@ -142,12 +142,65 @@ def group_loads_rows(loads: FloatArray, num_groups: int) -> FloatArray:
 
 
 @compiled
+def slots_needed(row: FloatArray, threshold: float, num_slots: int) -> int:
+    """``sum_i max(1, ceil(w_i / T))`` as the reference computes it, stopping once it
+    exceeds ``num_slots`` (then any value above it is as good)."""
+    total = 0
+    for w in row:
+        # w <= T gives w / T <= 1 (rounding is monotone): one replica, no division needed.
+        total += math.ceil(w / threshold) if w > threshold else 1
+        if total > num_slots:
+            break
+    return total
+
+
+@compiled
+def feasible_from(row: FloatArray, num_slots: int) -> float:
+    """The smallest float ``T > 0`` with ``slots_needed(T) <= S``, or -1 if not found.
+
+    ``slots_needed`` is non-increasing in ``T`` (correctly rounded division is monotone),
+    so the bisection's test ``slots_needed(mid) <= S`` is exactly ``mid >= T_min``. The
+    search starts at the peak of greedy-optimal counts (one extra replica at a time to
+    the hottest expert), which lies within a few float steps of ``T_min``, and walks
+    one float at a time; it gives up after 64 steps or when the greedy is too long.
+    """
+    n = row.shape[0]
+    if num_slots - n > 4 * n + 64:
+        return -1.0
+    counts = np.ones(n, dtype=np.int64)
+    replica_load = row.copy()
+    for _ in range(num_slots - n):
+        hottest = 0
+        for i in range(1, n):
+            if replica_load[i] > replica_load[hottest]:
+                hottest = i
+        counts[hottest] += 1
+        replica_load[hottest] = row[hottest] / counts[hottest]
+    threshold: float = replica_load.max()
+    if not threshold > 0.0:
+        return -1.0
+    if slots_needed(row, threshold, num_slots) <= num_slots:
+        for _ in range(64):
+            lower: float = np.nextafter(threshold, 0.0)
+            if not lower > 0.0 or slots_needed(row, lower, num_slots) > num_slots:
+                return threshold
+            threshold = lower
+        return -1.0
+    for _ in range(64):
+        threshold = np.nextafter(threshold, np.inf)
+        if slots_needed(row, threshold, num_slots) <= num_slots:
+            return threshold
+    return -1.0
+
+
+@compiled
 def water_fill_rows(loads: FloatArray, num_slots: int) -> IntArray:
     """``impl.steps.water_fill`` on every row.
 
-    Each bisection round evaluates ``sum_i max(1, ceil(w_i / T))`` as the reference does,
-    but divides only for experts with ``w_i > low`` (the others contribute 1 for every
-    ``T`` still tried), and stops counting once the sum exceeds the slots.
+    The 40 bisection rounds take the same steps as the reference's, but each test
+    ``slots_needed(mid) <= S`` is answered by comparing ``mid`` with the smallest
+    feasible threshold (``feasible_from``), computed once per row; where that search
+    gives up, every round evaluates ``slots_needed`` as the reference does.
     """
     rows, n = loads.shape
     counts = np.ones((rows, n), dtype=np.int64)
@@ -155,7 +208,6 @@ def water_fill_rows(loads: FloatArray, num_slots: int) -> IntArray:
         return counts
     replica_load = np.empty(n, dtype=np.float64)
     order = np.empty(n, dtype=np.int64)
-    hot = np.empty(n, dtype=np.int64)
     for b in range(rows):
         row = loads[b]
         if row.max() == 0.0:
@@ -163,31 +215,18 @@ def water_fill_rows(loads: FloatArray, num_slots: int) -> IntArray:
             for i in range(n):
                 counts[b, i] = 1 + spare // n + (1 if i < spare % n else 0)
             continue
-        num_hot = 0
-        for i in range(n):
-            if row[i] > 0.0:
-                hot[num_hot] = i
-                num_hot += 1
+        smallest_feasible = feasible_from(row, num_slots)
         low, high = 0.0, max(row.max(), 1.0)
         for _ in range(BISECTION_ROUNDS):
             middle = (low + high) / 2
-            total = n
-            for k in range(num_hot):
-                w = row[hot[k]]
-                if w > middle:
-                    total += math.ceil(w / middle) - 1
-                    if total > num_slots:
-                        break
-            if total <= num_slots:
+            if smallest_feasible > 0.0:
+                feasible = middle >= smallest_feasible
+            else:
+                feasible = slots_needed(row, middle, num_slots) <= num_slots
+            if feasible:
                 high = middle
             else:
                 low = middle
-                kept = 0
-                for k in range(num_hot):
-                    if row[hot[k]] > low:
-                        hot[kept] = hot[k]
-                        kept += 1
-                num_hot = kept
         for i in range(n):
             counts[b, i] = max(1, math.ceil(row[i] / high))
         left = num_slots - counts[b].sum()
@@ -229,7 +268,11 @@ def refine_counts_rows(loads: FloatArray, counts: IntArray) -> tuple[IntArray, B
     rows, n = loads.shape
     result = counts.copy()
     moved = np.zeros(rows, dtype=np.bool_)
-    if n <= 1:
+    if n != 2:
+        # With one expert there is no pair; with three or more the hottest expert is never
+        # a receiver, so no move can lower the peak (proof in docs/ANSWERS.md, question 1;
+        # tests/test_properties.py checks it on the reference): the reference returns the
+        # counts unchanged, and so does this.
         return result, moved
     replica_load = np.empty(n, dtype=np.float64)
     can_give = np.empty(n, dtype=np.bool_)
