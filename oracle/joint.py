@@ -210,16 +210,13 @@ def solve_joint(
     solver_bound = Fraction(integer_bound(solver)) - (0 if is_exact else Fraction(cap, 2))
     bound = max(analytical, solver_bound / scale)
     if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return SolveResult(
+        return SolveResult.unknown(
             "joint",
-            Status.UNKNOWN,
-            None,
             bound,
-            None,
             elapsed,
             SOLVER_NAME,
             settings.describe(),
-            note="no solution within the time limit",
+            None if is_exact else 1 / scale,
         )
     counts = [int(solver.value(v)) for v in count]
     pack_of = [

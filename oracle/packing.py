@@ -156,18 +156,13 @@ def solve_packing(
         solver_bound -= Fraction(cap, 2)  # each of a pack's cap items rounded by <= 1/2
     bound = max(analytical, solver_bound / scaled.scale)
     if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return SolveResult(
+        return SolveResult.unknown(
             "packing",
-            Status.UNKNOWN,
-            None,
             bound,
-            None,
             elapsed,
             SOLVER_NAME,
             settings.describe(),
-            exact=scaled.exact,
-            resolution=None if scaled.exact else 1 / scaled.scale,
-            note="no solution within the time limit",
+            None if scaled.exact else 1 / scaled.scale,
         )
     sorted_pack = [0] * count
     for (j, p), var in x.items():

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,7 @@ from oracle.heuristics import even_out_by_swaps, greedy_packing, improve_by_swap
 from oracle.joint import joint_lower_bound, replica_listing, solve_joint
 from oracle.replication import counts_for_peak, optimal_peak
 from oracle.result import Solution, SolveResult, Status
-from spec.placement import check_placement
+from spec.placement import check_placement, placement_from_phy2log
 from spec.problem import BalancingProblem, Policy
 from spec.solutions import heaviest_pack
 
@@ -40,15 +41,9 @@ def count_splits(num_groups: int, num_nodes: int) -> int:
     total = 1
     left = num_groups
     for _ in range(num_nodes):
-        total *= _binomial(left - 1, size - 1)
+        total *= math.comb(left - 1, size - 1)
         left -= size
     return total
-
-
-def _binomial(n: int, k: int) -> int:
-    from math import comb
-
-    return comb(n, k)
 
 
 def group_splits(num_groups: int, num_nodes: int) -> Iterator[tuple[tuple[int, ...], ...]]:
@@ -107,13 +102,7 @@ def placement_from_nodes(
 def verified_peak(problem: BalancingProblem, layer: int, phy2log: Sequence[int]) -> Fraction:
     """Check a one-layer placement against ``spec`` and return its exact peak GPU load."""
     slots = np.asarray([phy2log], dtype=np.int64)
-    counts = np.bincount(slots[0], minlength=problem.num_experts).reshape(1, -1).astype(np.int64)
-    width = problem.log2phy_width
-    log2phy = np.full((1, problem.num_experts, width), -1, dtype=np.int64)
-    seen = [0] * problem.num_experts
-    for slot, expert in enumerate(phy2log):
-        log2phy[0, expert, seen[expert]] = slot
-        seen[expert] += 1
+    log2phy, counts = placement_from_phy2log(slots, problem.num_experts)
     single = BalancingProblem(
         problem.loads[layer : layer + 1],
         problem.num_replicas,

@@ -74,6 +74,31 @@ class SolveResult:
             note=note,
         )
 
+    @classmethod
+    def unknown(
+        cls,
+        problem: str,
+        bound: Fraction,
+        wall_time_s: float,
+        solver: str,
+        parameters: dict[str, Any],
+        resolution: Fraction | None = None,
+    ) -> SolveResult:
+        """No solution within the time limit; only the bound is known."""
+        return cls(
+            problem,
+            Status.UNKNOWN,
+            None,
+            bound,
+            None,
+            wall_time_s,
+            solver,
+            parameters,
+            exact=resolution is None,
+            resolution=resolution,
+            note="no solution within the time limit",
+        )
+
     @property
     def gap(self) -> Fraction | None:
         """``objective - bound`` (0 when proven optimal)."""

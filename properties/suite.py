@@ -22,7 +22,7 @@ from oracle.pipeline import optimal_layer
 from oracle.result import Status
 from properties.isolation import CallFailure, CallResult, TensorArg
 from spec.objectives import peak_gpu_load
-from spec.placement import check_placement
+from spec.placement import check_placement, placement_from_phy2log
 from spec.problem import BalancingProblem
 
 IntArray = npt.NDArray[np.int64]
@@ -47,21 +47,6 @@ class Outputs:
     returned: str
 
 
-def derive_from_phy2log(phy2log: IntArray, num_experts: int) -> tuple[IntArray, IntArray]:
-    """``log2phy`` (slots in ascending order, width ``R - E + 1``) and ``logcnt``."""
-    layers, replicas = phy2log.shape
-    width = max(1, replicas - num_experts + 1)
-    logcnt = np.zeros((layers, num_experts), dtype=np.int64)
-    log2phy = np.full((layers, num_experts, width), -1, dtype=np.int64)
-    for layer in range(layers):
-        for slot, expert in enumerate(phy2log[layer].tolist()):
-            if 0 <= expert < num_experts:
-                if logcnt[layer, expert] < width:
-                    log2phy[layer, expert, logcnt[layer, expert]] = slot
-                logcnt[layer, expert] += 1
-    return log2phy, logcnt
-
-
 def read_outputs(result: CallResult, problem: BalancingProblem) -> Outputs:
     """The three arrays of an answer; a lone ``phy2log`` gets the rest derived."""
     value = result.value
@@ -70,7 +55,7 @@ def read_outputs(result: CallResult, problem: BalancingProblem) -> Outputs:
     if isinstance(value, (tuple, list)) and len(value) == 1:
         value = value[0]
     if isinstance(value, np.ndarray) and value.ndim == 2 and value.dtype.kind in "iu":
-        log2phy, logcnt = derive_from_phy2log(value.astype(np.int64), problem.num_experts)
+        log2phy, logcnt = placement_from_phy2log(value.astype(np.int64), problem.num_experts)
         return Outputs(
             value, log2phy, logcnt, "log2phy and logcnt derived from phy2log", result.returned
         )

@@ -247,3 +247,26 @@ def _check_log2phy(
         extra = f" ({hits[code]} expert(s) affected)" if hits[code] > 1 else ""
         found.append(Violation(code, message + extra, layer))
     return found
+
+
+def placement_from_phy2log(
+    phy2log: npt.NDArray[np.int64], num_experts: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The ``log2phy`` and ``logcnt`` that a ``phy2log`` implies.
+
+    Replica ``k`` of an expert is its ``k``-th slot in ascending order; ``log2phy`` has the
+    reference width ``R - E + 1`` (at least 1). Ids outside ``[0, E)`` are skipped, and
+    replicas past the width are counted but not listed, so ``check_placement`` can still
+    report them.
+    """
+    layers, replicas = phy2log.shape
+    width = max(1, replicas - num_experts + 1)
+    logcnt = np.zeros((layers, num_experts), dtype=np.int64)
+    log2phy = np.full((layers, num_experts, width), -1, dtype=np.int64)
+    for layer in range(layers):
+        for slot, expert in enumerate(phy2log[layer].tolist()):
+            if 0 <= expert < num_experts:
+                if logcnt[layer, expert] < width:
+                    log2phy[layer, expert, logcnt[layer, expert]] = slot
+                logcnt[layer, expert] += 1
+    return log2phy, logcnt
