@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import example, given, target
+from hypothesis import assume, example, given, target
 from hypothesis import strategies as st
 
 from impl import rebalance_experts, rebalance_experts_baseline, rebalance_experts_fast
@@ -126,20 +126,63 @@ def test_refinement_a_can_change_counts_only_in_rows_of_two_experts(case: CountC
         assert len(case.loads) == 2
 
 
-@given(st.integers(1, 12).flatmap(lambda n: st.tuples(load_values(n), st.integers(0, 24))))
+ROWS = st.integers(1, 12).flatmap(lambda n: st.tuples(load_values(n), st.integers(0, 24)))
+
+
+@given(ROWS)
 @example(([4.0, 4.0], 1))
 @example(([1e-300, 1e300, 1.0], 5))
-@example(([0.1, 0.2, 0.3], 7))
-@example(([2.0**-30, 3.0 * 2.0**-30], 3))
-def test_water_filling_is_optimal_and_refinement_a_never_fires_after_it(
+@example(([0.1, 0.2, 3.3], 7))
+@example(([1.0, 3.0 * 2.0**-30], 3))
+def test_water_filling_is_optimal_when_the_largest_load_is_at_least_one(
     case: tuple[list[float], int],
 ) -> None:
-    """Question 2: the water-filled counts reach the exact optimum of min max w/c."""
+    """Question 2: with max load >= 1 (token counts, say) the water-filled counts reach
+    the exact optimum of min max w/c."""
     loads, extra = case
+    assume(max(loads) >= 1 or max(loads) == 0)
     slots = len(loads) + extra
     counts = water_fill(loads, slots)
     exact = [Fraction(w) for w in loads]
     assert max(w / c for w, c in zip(exact, counts, strict=True)) == optimal_peak(exact, slots)
+
+
+@given(ROWS, st.floats(1.0, 2.0**30))
+def test_water_filling_is_optimal_above_the_tiny_load_limit(
+    case: tuple[list[float], int], stretch: float
+) -> None:
+    """Below 1 as well, as long as the largest load is at least 2 * S**2 * 2**-40: the
+    row is rescaled so that its largest load lies between that limit and 1."""
+    loads, extra = case
+    slots = len(loads) + extra
+    assume(max(loads) > 0)
+    limit = 2 * slots**2 * 2.0**-40
+    target = min(1.0, limit * stretch)
+    scaled = [w * (target / max(loads)) for w in loads]
+    assume(max(scaled) >= limit)
+    counts = water_fill(scaled, slots)
+    exact = [Fraction(w) for w in scaled]
+    assert max(w / c for w, c in zip(exact, counts, strict=True)) == optimal_peak(exact, slots)
+
+
+def test_water_filling_can_miss_the_optimum_when_every_load_is_tiny() -> None:
+    """Found by Hypothesis: the bisection runs on [0, max(max_w, 1)] for 40 rounds, so
+    it cannot resolve a threshold below 2**-40; the top-up then gives one replica to each
+    of the two experts, the idle one included: peak w/2 where w/3 is possible."""
+    loads, slots = [0.0, 6.388063971818607e-150], 4
+    counts = water_fill(loads, slots)
+    assert counts == [2, 2]
+    exact = [Fraction(w) for w in loads]
+    assert optimal_peak(exact, slots) == exact[1] / 3
+    assert max(w / c for w, c in zip(exact, counts, strict=True)) == exact[1] / 2
+
+
+@given(ROWS)
+@example(([0.0, 6.388063971818607e-150], 2))
+@example(([2.0**-30, 3.0 * 2.0**-30], 3))
+def test_refinement_a_never_fires_after_water_filling(case: tuple[list[float], int]) -> None:
+    loads, extra = case
+    counts = water_fill(loads, len(loads) + extra)
     assert refine_counts(loads, counts) == counts
 
 
