@@ -129,25 +129,48 @@ def test_refinement_a_can_change_counts_only_in_rows_of_two_experts(case: CountC
 ROWS = st.integers(1, 12).flatmap(lambda n: st.tuples(load_values(n), st.integers(0, 24)))
 
 
+ROUNDING = Fraction(1, 2**50)  # a few units in the last place of a float64
+
+
+def assert_optimal_up_to_rounding(loads: list[float], counts: list[int], slots: int) -> None:
+    exact = [Fraction(w) for w in loads]
+    best = optimal_peak(exact, slots)
+    peak = max(w / c for w, c in zip(exact, counts, strict=True))
+    assert best <= peak <= best * (1 + ROUNDING)
+
+
 @given(ROWS)
 @example(([4.0, 4.0], 1))
 @example(([1e-300, 1e300, 1.0], 5))
 @example(([0.1, 0.2, 3.3], 7))
 @example(([1.0, 3.0 * 2.0**-30], 3))
+@example(([666667.0, 666667.0, 999999.9999999999, 1000000.0], 9))
 def test_water_filling_is_optimal_when_the_largest_load_is_at_least_one(
     case: tuple[list[float], int],
 ) -> None:
     """Question 2: with max load >= 1 (token counts, say) the water-filled counts reach
-    the exact optimum of min max w/c."""
+    the exact optimum of min max w/c, up to the rounding of ``w / c`` (see below)."""
     loads, extra = case
     assume(max(loads) >= 1 or max(loads) == 0)
     slots = len(loads) + extra
+    assert_optimal_up_to_rounding(loads, water_fill(loads, slots), slots)
+
+
+def test_water_filling_ties_replica_loads_that_round_alike() -> None:
+    """Found by Hypothesis: 1e6 / 3 and 999999.9999999999 / 3 are the same float, so the
+    top-up treats them as a tie and serves the lower index; the exact optimum serves the
+    other expert. The peak is off by one rounding, a relative 1.2e-16."""
+    loads, slots = [666667.0, 666667.0, 999999.9999999999, 1000000.0], 13
+    assert loads[2] / 3 == loads[3] / 3
     counts = water_fill(loads, slots)
+    assert counts == [3, 3, 4, 3]
     exact = [Fraction(w) for w in loads]
-    assert max(w / c for w, c in zip(exact, counts, strict=True)) == optimal_peak(exact, slots)
+    assert optimal_peak(exact, slots) == exact[2] / 3
+    assert max(w / c for w, c in zip(exact, counts, strict=True)) == exact[3] / 3
 
 
 @given(ROWS, st.floats(1.0, 2.0**30))
+@example(([0.0] * 9 + [1.0, 3.0], 3), 1.0)
 def test_water_filling_is_optimal_above_the_tiny_load_limit(
     case: tuple[list[float], int], stretch: float
 ) -> None:
@@ -160,9 +183,7 @@ def test_water_filling_is_optimal_above_the_tiny_load_limit(
     target = min(1.0, limit * stretch)
     scaled = [w * (target / max(loads)) for w in loads]
     assume(max(scaled) >= limit)
-    counts = water_fill(scaled, slots)
-    exact = [Fraction(w) for w in scaled]
-    assert max(w / c for w, c in zip(exact, counts, strict=True)) == optimal_peak(exact, slots)
+    assert_optimal_up_to_rounding(scaled, water_fill(scaled, slots), slots)
 
 
 def test_water_filling_can_miss_the_optimum_when_every_load_is_tiny() -> None:
