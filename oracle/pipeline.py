@@ -75,6 +75,8 @@ class LayerAnswer:
 
 
 def node_experts(problem: BalancingProblem, block: Sequence[int]) -> list[int]:
+    """The experts of the groups in ``block``; under the global policy the one packing
+    group ``(0,)`` holds every expert."""
     size = problem.group_size
     return [g * size + pos for g in block for pos in range(size)]
 
@@ -144,11 +146,7 @@ def optimal_layer(
         for block in split:
             key = tuple(sorted(block))
             if key not in cache:
-                experts = (
-                    list(range(problem.num_experts))
-                    if problem.policy is Policy.GLOBAL
-                    else node_experts(problem, block)
-                )
+                experts = node_experts(problem, block)
                 cache[key] = solve_joint(
                     [weights[e] for e in experts],
                     problem.slots_per_node,
@@ -314,11 +312,7 @@ def certify_layer(
         ]
     solutions = []
     for block in split:
-        experts = (
-            list(range(problem.num_experts))
-            if problem.policy is Policy.GLOBAL
-            else node_experts(problem, block)
-        )
+        experts = node_experts(problem, block)
         row = certify_row(
             [weights[e] for e in experts], problem.slots_per_node, problem.gpus_per_node
         )

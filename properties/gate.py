@@ -131,14 +131,17 @@ class GateReport:
         }
 
 
+CLUSTER_KEYS = ("num_replicas", "num_groups", "num_nodes", "num_gpus")
+
+
+def describe_input(weight: Any, cluster: tuple[int, int, int, int]) -> dict[str, Any]:
+    """A failing input as JSON: the weight (or what names it) and the cluster."""
+    return {"weight": weight, **dict(zip(CLUSTER_KEYS, cluster, strict=True))}
+
+
 def describe(problem: BalancingProblem) -> dict[str, Any]:
-    return {
-        "weight": problem.loads.tolist(),
-        "num_replicas": problem.num_replicas,
-        "num_groups": problem.num_groups,
-        "num_nodes": problem.num_nodes,
-        "num_gpus": problem.num_gpus,
-    }
+    cluster = (problem.num_replicas, problem.num_groups, problem.num_nodes, problem.num_gpus)
+    return describe_input(problem.loads.tolist(), cluster)
 
 
 class Progress:
@@ -245,13 +248,9 @@ def traces_section(
             try:
                 outputs, result = check_contract(caller.call, problem)
             except Finding as finding:
-                replicas, groups, nodes, gpus = TRACE_CLUSTER
                 where = {
                     "trace": workload.name,
-                    "num_replicas": replicas,
-                    "num_groups": groups,
-                    "num_nodes": nodes,
-                    "num_gpus": gpus,
+                    **dict(zip(CLUSTER_KEYS, TRACE_CLUSTER, strict=True)),
                 }
                 report.fail(
                     GateViolation(finding.check, f"trace {workload.name}: {finding.message}", where)
@@ -360,13 +359,7 @@ def run_gate(
                     GateViolation(
                         finding.check,
                         finding.message,
-                        {
-                            "weight": case.weight.values.tolist(),
-                            "num_replicas": case.cluster[0],
-                            "num_groups": case.cluster[1],
-                            "num_nodes": case.cluster[2],
-                            "num_gpus": case.cluster[3],
-                        },
+                        describe_input(case.weight.values.tolist(), case.cluster),
                     )
                 )
         report.checks["bad input"] = (
