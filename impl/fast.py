@@ -1,13 +1,15 @@
 """The fast balancer: the same steps as ``impl.steps``, compiled, on all rows at once.
 
-Every kernel takes a batch of rows (one per (layer, node), or one per layer for step 1)
-and repeats the reference's arithmetic operation for operation, in the same order, so
-the output is identical to the reference's element for element (float64 without
-fast-math: no reassociation). Ties are broken by stable sorts and strict comparisons,
-which give the lower index as the reference's ``sorted``/``min`` do.
+Step 1 runs on all layers at once; steps 2 to 4 run in one compiled loop over the
+(layer, node) rows (``place_rows``), one ``*_row`` function per step working in scratch
+arrays allocated once. Every step repeats the reference's arithmetic operation for
+operation, in the same order, so the output is identical to the reference's element for
+element (float64 without fast-math: no reassociation). Ties are broken by stable sorts
+and strict comparisons, which give the lower index as the reference's ``sorted``/``min``
+do.
 
-Compiled with numba (``cache=True``: the first call in a fresh checkout compiles for a
-few seconds, later processes load the cache).
+Compiled with numba (``cache=True``: the first call in a fresh checkout compiles for
+about 15 seconds, later processes load the cache).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import numba
@@ -40,22 +41,44 @@ def compiled(function: F) -> F:
 
 
 @compiled
-def sort_descending(values: FloatArray, order: IntArray) -> None:
+def sort_descending(values: FloatArray, order: IntArray, scratch: IntArray) -> None:
     """Fill ``order`` with indices by descending value, ties by lower index.
 
-    Short rows use a stable insertion sort, which allocates nothing; long ones a
-    stable merge sort.
+    Long rows use a stable merge sort. Others are first spread over ``n`` buckets of
+    equal width by counting sort (stable), then finished by a stable insertion sort,
+    which has little left to do; the answer does not depend on the buckets. ``scratch``
+    (``2 n + 1`` long) is work space.
     """
-    if values.shape[0] > 96:
-        order[:] = np.argsort(-values, kind="mergesort")
+    n = values.shape[0]
+    if n > 96:
+        order[:n] = np.argsort(-values, kind="mergesort")
         return
-    for i in range(values.shape[0]):
-        value = values[i]
+    high, low = values.max() if n else 0.0, values.min() if n else 0.0
+    if n <= 16 or not high > low:
+        for i in range(n):
+            order[i] = i
+    else:
+        # scratch[i]: the bucket of value i; scratch[n + b]: where bucket b goes next.
+        for b in range(n, 2 * n + 1):
+            scratch[b] = 0
+        scale = n / (high - low)
+        for i in range(n):
+            x = (high - values[i]) * scale  # bucket 0 holds the highest values
+            scratch[i] = int(x) if x < n else n - 1
+            scratch[n + 1 + scratch[i]] += 1
+        for b in range(n):
+            scratch[n + b + 1] += scratch[n + b]
+        for i in range(n):
+            order[scratch[n + scratch[i]]] = i
+            scratch[n + scratch[i]] += 1
+    for i in range(1, n):
+        item = order[i]
+        value = values[item]
         j = i
         while j > 0 and values[order[j - 1]] < value:
             order[j] = order[j - 1]
             j -= 1
-        order[j] = i
+        order[j] = item
 
 
 @compiled
@@ -75,54 +98,68 @@ def two_extremes(values: FloatArray, eligible: BoolArray, highest: bool) -> tupl
 
 
 @compiled
-def one_per_pack(pack: IntArray, rank: IntArray, row: int) -> None:
-    """With one item per pack, item ``j`` goes to pack ``j`` at rank 0."""
-    for j in range(pack.shape[1]):
-        pack[row, j] = j
-        rank[row, j] = 0
+def pack_balanced_row(
+    weights: FloatArray,
+    num_packs: int,
+    pack: IntArray,
+    rank: IntArray,
+    order: IntArray,
+    load: FloatArray,
+    size: IntArray,
+    queue: IntArray,
+    sort_space: IntArray,
+) -> None:
+    """``impl.steps.pack_balanced`` on one row, into ``pack`` and ``rank``; ``order``,
+    ``load``, ``size``, ``queue`` and ``sort_space`` are scratch space."""
+    count = weights.shape[0]
+    per_pack = count // num_packs
+    if per_pack == 1:
+        for j in range(count):
+            pack[j], rank[j] = j, 0
+        return
+    load[:num_packs] = 0.0
+    size[:num_packs] = 0
+    sort_descending(weights, order[:count], sort_space)
+    # Packs with room, kept ordered by (load, index): the target is the first.
+    for p in range(num_packs):
+        queue[p] = p
+    open_packs = num_packs
+    for item in order[:count]:
+        target = queue[0]
+        pack[item] = target
+        rank[item] = size[target]
+        load[target] += weights[item]
+        size[target] += 1
+        if size[target] == per_pack:
+            open_packs -= 1
+            for q in range(open_packs):
+                queue[q] = queue[q + 1]
+            continue
+        q = 0
+        while q + 1 < open_packs and (
+            load[queue[q + 1]] < load[target]
+            or (load[queue[q + 1]] == load[target] and queue[q + 1] < target)
+        ):
+            queue[q] = queue[q + 1]
+            q += 1
+        queue[q] = target
 
 
 @compiled
 def pack_balanced_rows(weights: FloatArray, num_packs: int) -> tuple[IntArray, IntArray]:
     """``impl.steps.pack_balanced`` on every row of ``weights``."""
     rows, count = weights.shape
-    per_pack = count // num_packs
     pack = np.empty((rows, count), dtype=np.int64)
     rank = np.empty((rows, count), dtype=np.int64)
+    order = np.empty(count, dtype=np.int64)
     load = np.empty(num_packs, dtype=np.float64)
     size = np.empty(num_packs, dtype=np.int64)
     queue = np.empty(num_packs, dtype=np.int64)
-    order = np.empty(count, dtype=np.int64)
+    sort_space = np.empty(2 * count + 1, dtype=np.int64)
     for b in range(rows):
-        if per_pack == 1:
-            one_per_pack(pack, rank, b)
-            continue
-        load[:] = 0.0
-        size[:] = 0
-        sort_descending(weights[b], order)
-        # Packs with room, kept ordered by (load, index): the target is the first.
-        for p in range(num_packs):
-            queue[p] = p
-        open_packs = num_packs
-        for item in order:
-            target = queue[0]
-            pack[b, item] = target
-            rank[b, item] = size[target]
-            load[target] += weights[b, item]
-            size[target] += 1
-            if size[target] == per_pack:
-                open_packs -= 1
-                for q in range(open_packs):
-                    queue[q] = queue[q + 1]
-                continue
-            q = 0
-            while q + 1 < open_packs and (
-                load[queue[q + 1]] < load[target]
-                or (load[queue[q + 1]] == load[target] and queue[q + 1] < target)
-            ):
-                queue[q] = queue[q + 1]
-                q += 1
-            queue[q] = target
+        pack_balanced_row(
+            weights[b], num_packs, pack[b], rank[b], order, load, size, queue, sort_space
+        )
     return pack, rank
 
 
@@ -155,28 +192,47 @@ def slots_needed(row: FloatArray, threshold: float, num_slots: int) -> int:
 
 
 @compiled
-def feasible_from(row: FloatArray, num_slots: int) -> float:
+def feasible_from(
+    row: FloatArray, num_slots: int, scratch: IntArray, replica_load: FloatArray
+) -> float:
     """The smallest float ``T > 0`` with ``slots_needed(T) <= S``, or -1 if not found.
 
     ``slots_needed`` is non-increasing in ``T`` (correctly rounded division is monotone),
     so the bisection's test ``slots_needed(mid) <= S`` is exactly ``mid >= T_min``. The
-    search starts at the peak of greedy-optimal counts (one extra replica at a time to
-    the hottest expert), which lies within a few float steps of ``T_min``, and walks
-    one float at a time; it gives up after 64 steps or when the greedy is too long.
+    search starts at the peak of optimal counts, which lies within a few float steps of
+    ``T_min``, and walks one float at a time, giving up after 64 steps. Those counts come
+    from the greedy (one extra replica at a time to the hottest expert), run only on the
+    experts above a lower bound on the optimal peak (the others keep one replica): the
+    larger of the average load per slot and ``max w / (S - n + 1)``, lowered by far more
+    than its rounding error. ``scratch`` (``2 n`` long) and ``replica_load`` are work
+    space.
     """
     n = row.shape[0]
-    if num_slots - n > 4 * n + 64:
+    extra = num_slots - n
+    if extra > 4 * n + 64:
         return -1.0
-    counts = np.ones(n, dtype=np.int64)
-    replica_load = row.copy()
-    for _ in range(num_slots - n):
-        hottest = 0
-        for i in range(1, n):
-            if replica_load[i] > replica_load[hottest]:
-                hottest = i
-        counts[hottest] += 1
-        replica_load[hottest] = row[hottest] / counts[hottest]
-    threshold: float = replica_load.max()
+    floor = max(row.sum() / num_slots, row.max() / (extra + 1)) * (1 - 2.0**-20)
+    # scratch[t]: the t-th candidate; scratch[n + t]: its count.
+    k = 0
+    for i in range(n):
+        scratch[k] = i
+        k += row[i] > floor
+    if k == 0:
+        return -1.0
+    for t in range(k):
+        replica_load[t] = row[scratch[t]]
+        scratch[n + t] = 1
+    for _ in range(extra):
+        hottest, hottest_load = 0, replica_load[0]
+        for t in range(1, k):
+            hotter = replica_load[t] > hottest_load
+            hottest = t if hotter else hottest
+            hottest_load = replica_load[t] if hotter else hottest_load
+        scratch[n + hottest] += 1
+        replica_load[hottest] = row[scratch[hottest]] / scratch[n + hottest]
+    threshold: float = 0.0
+    for t in range(k):
+        threshold = max(threshold, replica_load[t])
     if not threshold > 0.0:
         return -1.0
     if slots_needed(row, threshold, num_slots) <= num_slots:
@@ -194,51 +250,58 @@ def feasible_from(row: FloatArray, num_slots: int) -> float:
 
 
 @compiled
-def water_fill_rows(loads: FloatArray, num_slots: int) -> IntArray:
-    """``impl.steps.water_fill`` on every row.
+def water_fill_row(
+    row: FloatArray,
+    num_slots: int,
+    counts: IntArray,
+    order: IntArray,
+    replica_load: FloatArray,
+    sort_space: IntArray,
+) -> None:
+    """``impl.steps.water_fill`` on one row, into ``counts``; ``order`` (at least
+    ``2 * len(row)`` long), ``replica_load`` and ``sort_space`` are scratch space.
 
     The 40 bisection rounds take the same steps as the reference's, but each test
     ``slots_needed(mid) <= S`` is answered by comparing ``mid`` with the smallest
     feasible threshold (``feasible_from``), computed once per row; where that search
     gives up, every round evaluates ``slots_needed`` as the reference does.
     """
-    rows, n = loads.shape
-    counts = np.ones((rows, n), dtype=np.int64)
+    n = row.shape[0]
+    counts[:] = 1
     if num_slots == n:
-        return counts
-    replica_load = np.empty(n, dtype=np.float64)
-    order = np.empty(n, dtype=np.int64)
-    for b in range(rows):
-        row = loads[b]
-        if row.max() == 0.0:
-            spare = num_slots - n
-            for i in range(n):
-                counts[b, i] = 1 + spare // n + (1 if i < spare % n else 0)
-            continue
-        smallest_feasible = feasible_from(row, num_slots)
-        low, high = 0.0, max(row.max(), 1.0)
-        for _ in range(BISECTION_ROUNDS):
-            middle = (low + high) / 2
-            if smallest_feasible > 0.0:
-                feasible = middle >= smallest_feasible
-            else:
-                feasible = slots_needed(row, middle, num_slots) <= num_slots
-            if feasible:
-                high = middle
-            else:
-                low = middle
+        return
+    peak = row.max()
+    if peak == 0.0:
+        spare = num_slots - n
         for i in range(n):
-            counts[b, i] = max(1, math.ceil(row[i] / high))
-        left = num_slots - counts[b].sum()
-        while left > 0:
-            take = min(left, n)
-            for i in range(n):
-                replica_load[i] = row[i] / counts[b, i]
-            sort_descending(replica_load, order)
-            for i in order[:take]:
-                counts[b, i] += 1
-            left -= take
-    return counts
+            counts[i] = 1 + spare // n + (1 if i < spare % n else 0)
+        return
+    smallest_feasible = feasible_from(row, num_slots, order, replica_load)
+    low, high = 0.0, max(peak, 1.0)
+    for _ in range(BISECTION_ROUNDS):
+        middle = (low + high) / 2
+        if smallest_feasible > 0.0:
+            feasible = middle >= smallest_feasible
+        else:
+            feasible = slots_needed(row, middle, num_slots) <= num_slots
+        if feasible:
+            high = middle
+        else:
+            low = middle
+    left = num_slots
+    for i in range(n):
+        # As in slots_needed: w <= T gives max(1, ceil(w / T)) == 1.
+        if row[i] > high:
+            counts[i] = math.ceil(row[i] / high)
+        left -= counts[i]
+    while left > 0:
+        take = min(left, n)
+        for i in range(n):
+            replica_load[i] = row[i] / counts[i]
+        sort_descending(replica_load[:n], order[:n], sort_space)
+        for i in order[:take]:
+            counts[i] += 1
+        left -= take
 
 
 @compiled
@@ -263,94 +326,63 @@ def peak_after_move(
 
 
 @compiled
-def refine_counts_rows(loads: FloatArray, counts: IntArray) -> tuple[IntArray, BoolArray]:
-    """``impl.steps.refine_counts`` on every row; also where it moved a replica."""
-    rows, n = loads.shape
-    result = counts.copy()
-    moved = np.zeros(rows, dtype=np.bool_)
+def refine_counts_row(row: FloatArray, counts: IntArray) -> bool:
+    """``impl.steps.refine_counts`` on one row, in place; whether it moved a replica."""
+    n = row.shape[0]
     if n != 2:
         # With one expert there is no pair; with three or more the hottest expert is never
         # a receiver, so no move can lower the peak (proof in docs/ANSWERS.md, question 1;
         # tests/test_properties.py checks it on the reference): the reference returns the
         # counts unchanged, and so does this.
-        return result, moved
+        return False
     replica_load = np.empty(n, dtype=np.float64)
     can_give = np.empty(n, dtype=np.bool_)
     everyone = np.ones(n, dtype=np.bool_)
-    for b in range(rows):
-        for i in range(n):
-            replica_load[i] = loads[b, i] / counts[b, i]
-            can_give[i] = counts[b, i] > 1
-        best = replica_load.max()
-        donors = two_extremes(replica_load, can_give, True)
-        receivers = two_extremes(replica_load, everyone, False)
-        first, second = two_extremes(replica_load, everyone, True)
-        everyone[first] = False
-        if second >= 0:
-            everyone[second] = False
-        third = two_extremes(replica_load, everyone, True)[0]
-        everyone[first] = True
-        if second >= 0:
-            everyone[second] = True
-        top3 = (first, second, third)
-        chosen_donor, chosen_receiver = -1, -1
-        for d in donors:
-            for r in receivers:
-                if d < 0 or r < 0 or d == r:
-                    continue
-                peak = peak_after_move(loads[b], counts[b], replica_load, top3, d, r)
-                if peak + GAIN_TOLERANCE < best:
-                    chosen_donor, chosen_receiver, best = d, r, peak
-        if chosen_donor >= 0:
-            result[b, chosen_donor] -= 1
-            result[b, chosen_receiver] += 1
-            moved[b] = True
-    return result, moved
+    for i in range(n):
+        replica_load[i] = row[i] / counts[i]
+        can_give[i] = counts[i] > 1
+    best = replica_load.max()
+    donors = two_extremes(replica_load, can_give, True)
+    receivers = two_extremes(replica_load, everyone, False)
+    first, second = two_extremes(replica_load, everyone, True)
+    everyone[first] = False
+    if second >= 0:
+        everyone[second] = False
+    third = two_extremes(replica_load, everyone, True)[0]
+    top3 = (first, second, third)
+    chosen_donor, chosen_receiver = -1, -1
+    for d in donors:
+        for r in receivers:
+            if d < 0 or r < 0 or d == r:
+                continue
+            peak = peak_after_move(row, counts, replica_load, top3, d, r)
+            if peak + GAIN_TOLERANCE < best:
+                chosen_donor, chosen_receiver, best = d, r, peak
+    if chosen_donor < 0:
+        return False
+    counts[chosen_donor] -= 1
+    counts[chosen_receiver] += 1
+    return True
 
 
 @compiled
-def replicate_greedy_rows(loads: FloatArray, num_slots: int) -> tuple[IntArray, IntArray]:
-    """``impl.steps.replicate_greedy`` on every row: counts and creation-order labels."""
-    rows, n = loads.shape
-    counts = np.ones((rows, n), dtype=np.int64)
-    layout = np.empty((rows, num_slots), dtype=np.int64)
-    for b in range(rows):
-        for i in range(n):
-            layout[b, i] = i
-        for j in range(n, num_slots):
-            hottest = 0
-            hottest_load = loads[b, 0] / counts[b, 0]
-            for i in range(1, n):
-                value = loads[b, i] / counts[b, i]
-                if value > hottest_load:
-                    hottest, hottest_load = i, value
-            layout[b, j] = hottest
-            counts[b, hottest] += 1
-    return counts, layout
-
-
-@compiled
-def layout_by_expert_rows(counts: IntArray, num_slots: int) -> IntArray:
-    rows, n = counts.shape
-    layout = np.empty((rows, num_slots), dtype=np.int64)
-    for b in range(rows):
-        j = 0
-        for i in range(n):
-            for _ in range(counts[b, i]):
-                layout[b, j] = i
-                j += 1
-    return layout
-
-
-@compiled
-def replica_weights_rows(loads: FloatArray, counts: IntArray, layout: IntArray) -> FloatArray:
-    rows, slots = layout.shape
-    weights = np.empty((rows, slots), dtype=np.float64)
-    for b in range(rows):
-        for j in range(slots):
-            label = layout[b, j]
-            weights[b, j] = loads[b, label] / counts[b, label]
-    return weights
+def replicate_greedy_row(
+    row: FloatArray, num_slots: int, counts: IntArray, layout: IntArray
+) -> None:
+    """``impl.steps.replicate_greedy`` on one row: counts and creation-order labels."""
+    n = row.shape[0]
+    counts[:] = 1
+    for i in range(n):
+        layout[i] = i
+    for j in range(n, num_slots):
+        hottest = 0
+        hottest_load = row[0] / counts[0]
+        for i in range(1, n):
+            value = row[i] / counts[i]
+            if value > hottest_load:
+                hottest, hottest_load = i, value
+        layout[j] = hottest
+        counts[hottest] += 1
 
 
 @compiled
@@ -364,132 +396,162 @@ def later_gpu_first(load: FloatArray, size: IntArray, g: int, h: int) -> bool:
 
 
 @compiled
+def pack_diverse_row(
+    weights: FloatArray,
+    labels: IntArray,
+    order: IntArray,
+    num_gpus: int,
+    pack: IntArray,
+    rank: IntArray,
+    load: FloatArray,
+    size: IntArray,
+    held: IntArray,
+    queue: IntArray,
+) -> None:
+    """``impl.steps.pack_diverse`` on one row, into ``pack`` and ``rank``, visiting the
+    replicas in the order of ``order``'s first ``len(weights)`` entries (their order by
+    descending weight, ties by lower index).
+
+    ``load``, ``size`` and ``queue`` are scratch space; ``held[label, gpu]`` must be all
+    zero and is left so.
+    """
+    count = weights.shape[0]
+    cap = count // num_gpus
+    if cap == 1:
+        for j in range(count):
+            pack[j], rank[j] = j, 0
+        return
+    # GPUs with room, kept ordered by (load, size, index). The target is the first of
+    # them holding the fewest replicas with the item's label.
+    for g in range(num_gpus):
+        load[g], size[g], queue[g] = 0.0, 0, g
+    open_gpus = num_gpus
+    for k in range(count):
+        item = order[k]
+        label = labels[item]
+        at, fewest = 0, held[label, queue[0]]
+        q = 1
+        while fewest > 0 and q < open_gpus:
+            if held[label, queue[q]] < fewest:
+                at, fewest = q, held[label, queue[q]]
+            q += 1
+        target = queue[at]
+        pack[item] = target
+        rank[item] = size[target]
+        load[target] += weights[item]
+        size[target] += 1
+        held[label, target] += 1
+        if size[target] == cap:
+            open_gpus -= 1
+            for q in range(at, open_gpus):
+                queue[q] = queue[q + 1]
+            continue
+        while at + 1 < open_gpus and later_gpu_first(load, size, queue[at + 1], target):
+            queue[at] = queue[at + 1]
+            at += 1
+        queue[at] = target
+    for item in range(count):
+        held[labels[item], pack[item]] = 0
+
+
+@compiled
 def pack_diverse_rows(
     weights: FloatArray, labels: IntArray, num_gpus: int, num_labels: int
 ) -> tuple[IntArray, IntArray]:
     """``impl.steps.pack_diverse`` on every row."""
     rows, count = weights.shape
-    cap = count // num_gpus
     pack = np.empty((rows, count), dtype=np.int64)
     rank = np.empty((rows, count), dtype=np.int64)
+    order = np.empty(count, dtype=np.int64)
     load = np.empty(num_gpus, dtype=np.float64)
     size = np.empty(num_gpus, dtype=np.int64)
-    held = np.empty((num_labels, num_gpus), dtype=np.int64)
+    held = np.zeros((num_labels, num_gpus), dtype=np.int64)
     queue = np.empty(num_gpus, dtype=np.int64)
-    order = np.empty(count, dtype=np.int64)
+    sort_space = np.empty(2 * count + 1, dtype=np.int64)
     for b in range(rows):
-        if cap == 1:
-            one_per_pack(pack, rank, b)
-            continue
-        load[:] = 0.0
-        size[:] = 0
-        held[:, :] = 0
-        sort_descending(weights[b], order)
-        # GPUs with room, kept ordered by (load, size, index). The target is the first
-        # of them holding the fewest replicas with the item's label.
-        for g in range(num_gpus):
-            queue[g] = g
-        open_gpus = num_gpus
-        for item in order:
-            label = labels[b, item]
-            same = held[label]
-            at, fewest = 0, same[queue[0]]
-            q = 1
-            while fewest > 0 and q < open_gpus:
-                if same[queue[q]] < fewest:
-                    at, fewest = q, same[queue[q]]
-                q += 1
-            target = queue[at]
-            pack[b, item] = target
-            rank[b, item] = size[target]
-            load[target] += weights[b, item]
-            size[target] += 1
-            same[target] += 1
-            if size[target] == cap:
-                open_gpus -= 1
-                for q in range(at, open_gpus):
-                    queue[q] = queue[q + 1]
-                continue
-            while at + 1 < open_gpus and later_gpu_first(load, size, queue[at + 1], target):
-                queue[at] = queue[at + 1]
-                at += 1
-            queue[at] = target
+        sort_descending(weights[b], order, sort_space)
+        pack_diverse_row(
+            weights[b], labels[b], order, num_gpus, pack[b], rank[b], load, size, held, queue
+        )
     return pack, rank
 
 
 @compiled
-def refine_swap_rows(
-    weights: FloatArray, pack: IntArray, rank: IntArray, num_gpus: int
-) -> tuple[IntArray, IntArray, BoolArray]:
-    """``impl.steps.refine_swap`` on every row; also where it exchanged two replicas."""
-    rows, count = weights.shape
+def refine_swap_row(
+    weights: FloatArray,
+    num_gpus: int,
+    pack: IntArray,
+    rank: IntArray,
+    members: IntArray,
+    filled: IntArray,
+    load: FloatArray,
+    member_weights: FloatArray,
+    not_heavy: BoolArray,
+    every_member: BoolArray,
+) -> bool:
+    """``impl.steps.refine_swap`` on one row, in place on ``pack`` and ``rank``; whether
+    it exchanged two replicas. Scratch space: ``members`` (``[gpus, cap]``), ``filled``,
+    ``load`` and ``not_heavy`` (``gpus`` long), ``member_weights`` and ``every_member``
+    (``cap`` long, all True)."""
+    count = weights.shape[0]
     cap = count // num_gpus
-    new_pack, new_rank = pack.copy(), rank.copy()
-    swapped = np.zeros(rows, dtype=np.bool_)
     if num_gpus < 2 or cap < 2:
-        return new_pack, new_rank, swapped
-    members = np.empty((num_gpus, cap), dtype=np.int64)
-    filled = np.empty(num_gpus, dtype=np.int64)
-    load = np.empty(num_gpus, dtype=np.float64)
-    member_weights = np.empty(cap, dtype=np.float64)
-    not_heavy = np.empty(num_gpus, dtype=np.bool_)
-    every_member = np.ones(cap, dtype=np.bool_)
-    for b in range(rows):
-        filled[:] = 0
-        for item in range(count):
-            g = pack[b, item]
-            members[g, filled[g]] = item
-            filled[g] += 1
-        for g in range(num_gpus):
-            total = 0.0
-            for p in range(cap):
-                total += weights[b, members[g, p]]
-            load[g] = total
-        heavy = 0
-        for g in range(1, num_gpus):
-            if load[g] > load[heavy]:
-                heavy = g
-        peak = load[heavy]
-        not_heavy[:] = True
-        not_heavy[heavy] = False
-        lights = two_extremes(load, not_heavy, False)
+        return False
+    for g in range(num_gpus):
+        filled[g] = 0
+    for item in range(count):
+        g = pack[item]
+        members[g, filled[g]] = item
+        filled[g] += 1
+    for g in range(num_gpus):
+        total = 0.0
         for p in range(cap):
-            member_weights[p] = weights[b, members[heavy, p]]
-        heavy_picks = two_extremes(member_weights, every_member, True)
+            total += weights[members[g, p]]
+        load[g] = total
+    heavy = 0
+    for g in range(1, num_gpus):
+        if load[g] > load[heavy]:
+            heavy = g
+    peak = load[heavy]
+    not_heavy[:] = True
+    not_heavy[heavy] = False
+    lights = two_extremes(load, not_heavy, False)
+    for p in range(cap):
+        member_weights[p] = weights[members[heavy, p]]
+    heavy_picks = two_extremes(member_weights, every_member, True)
 
-        found = False
-        best_peak, best_light, best_pa, best_pb = 0.0, -1, -1, -1
-        for light in lights:
-            if light < 0 or not load[heavy] > load[light]:
-                continue
-            for p in range(cap):
-                member_weights[p] = weights[b, members[light, p]]
-            light_picks = two_extremes(member_weights, every_member, False)
-            other = -math.inf
-            for g in range(num_gpus):
-                if g != heavy and g != light:
-                    other = max(other, load[g])
-            for pa in heavy_picks:
-                for pb in light_picks:
-                    wa = weights[b, members[heavy, pa]]
-                    wb = weights[b, members[light, pb]]
-                    new_heavy = load[heavy] - wa + wb
-                    new_light = load[light] - wb + wa
-                    new_peak = max(new_heavy, new_light, other)
-                    if new_peak + GAIN_TOLERANCE < peak and (not found or new_peak < best_peak):
-                        found = True
-                        best_peak, best_light, best_pa, best_pb = new_peak, light, pa, pb
-        if not found:
+    found = False
+    best_peak, best_light, best_pa, best_pb = 0.0, -1, -1, -1
+    for light in lights:
+        if light < 0 or not load[heavy] > load[light]:
             continue
-        a = members[heavy, best_pa]
-        members[heavy, best_pa] = members[best_light, best_pb]
-        members[best_light, best_pb] = a
-        for g in (heavy, best_light):
-            for p in range(cap):
-                new_pack[b, members[g, p]] = g
-                new_rank[b, members[g, p]] = p
-        swapped[b] = True
-    return new_pack, new_rank, swapped
+        for p in range(cap):
+            member_weights[p] = weights[members[light, p]]
+        light_picks = two_extremes(member_weights, every_member, False)
+        other = -math.inf
+        for g in range(num_gpus):
+            if g != heavy and g != light:
+                other = max(other, load[g])
+        for pa in heavy_picks:
+            for pb in light_picks:
+                wa = weights[members[heavy, pa]]
+                wb = weights[members[light, pb]]
+                new_heavy = load[heavy] - wa + wb
+                new_light = load[light] - wb + wa
+                new_peak = max(new_heavy, new_light, other)
+                if new_peak + GAIN_TOLERANCE < peak and (not found or new_peak < best_peak):
+                    found = True
+                    best_peak, best_light, best_pa, best_pb = new_peak, light, pa, pb
+    if not found:
+        return False
+    a = members[heavy, best_pa]
+    members[heavy, best_pa] = members[best_light, best_pb]
+    members[best_light, best_pb] = a
+    for g in (heavy, best_light):
+        for p in range(cap):
+            pack[members[g, p]] = g
+            rank[members[g, p]] = p
+    return True
 
 
 @compiled
@@ -522,106 +584,117 @@ def gather_rows(loads: FloatArray, row_experts: IntArray, num_nodes: int) -> Flo
 
 
 @compiled
-def assemble_placement(
+def place_rows(
     row_experts: IntArray,
-    counts: IntArray,
-    layout: IntArray,
-    pack: IntArray,
-    rank: IntArray,
+    row_loads: FloatArray,
     num_nodes: int,
-    cap: int,
+    gpus_per_node: int,
+    seed_variant: bool,
+    refine_a: bool,
+    refine_b: bool,
     phy2log: IntArray,
     log2phy: IntArray,
     logcnt: IntArray,
+    counts_refined: BoolArray,
+    replicas_swapped: BoolArray,
 ) -> None:
-    """Step 4: fill ``phy2log``, ``log2phy`` and ``logcnt`` for the layers of these rows.
+    """Steps 2 to 4 on the (layer, node) rows of whole layers, one row at a time.
 
-    Slot of replica ``j`` of row ``(layer, node)``: ``node * S + gpu * cap + rank``; its
-    replica rank is how many replicas of its expert come before it in the layout.
+    Fills the layers' ``phy2log``, ``log2phy`` and ``logcnt`` and, per row, whether
+    refinements A and B acted. Slot of replica ``j`` of row ``(layer, node)``:
+    ``node * S + gpu * cap + rank``; its replica rank is how many replicas of its expert
+    come before it in the layout.
     """
-    rows, slots = layout.shape
-    per_node = row_experts.shape[1]
-    log2phy[:] = -1
+    rows, per_node = row_loads.shape
+    slots = phy2log.shape[1] // num_nodes
+    cap = slots // gpus_per_node
+    # Scratch space, allocated once for all rows.
+    counts = np.empty(per_node, dtype=np.int64)
+    float_space = np.empty(per_node, dtype=np.float64)
     seen = np.empty(per_node, dtype=np.int64)
+    layout = np.empty(slots, dtype=np.int64)
+    weights = np.empty(slots, dtype=np.float64)
+    order = np.empty(max(slots, 2 * per_node), dtype=np.int64)
+    sort_space = np.empty(2 * max(slots, per_node) + 1, dtype=np.int64)
+    pack = np.empty(slots, dtype=np.int64)
+    rank = np.empty(slots, dtype=np.int64)
+    gpu_load = np.empty(gpus_per_node, dtype=np.float64)
+    size = np.empty(gpus_per_node, dtype=np.int64)
+    queue = np.empty(gpus_per_node, dtype=np.int64)
+    held = np.zeros((per_node, gpus_per_node), dtype=np.int64)
+    members = np.empty((gpus_per_node, cap), dtype=np.int64)
+    member_weights = np.empty(cap, dtype=np.float64)
+    not_heavy = np.empty(gpus_per_node, dtype=np.bool_)
+    every_member = np.ones(cap, dtype=np.bool_)
     for b in range(rows):
         layer, node = b // num_nodes, b % num_nodes
+        if node == 0:
+            log2phy[layer] = -1
+        row = row_loads[b]
+        if seed_variant:
+            water_fill_row(row, slots, counts, order, float_space, sort_space)
+            if refine_a:
+                counts_refined[b] = refine_counts_row(row, counts)
+            # Layout by expert: all replicas of expert 0, then of expert 1, and so on.
+            j = 0
+            for i in range(per_node):
+                replica_load = row[i] / counts[i]
+                for _ in range(counts[i]):
+                    layout[j] = i
+                    weights[j] = replica_load
+                    j += 1
+            sort_descending(weights, order, sort_space)
+            pack_diverse_row(
+                weights,
+                layout,
+                order,
+                gpus_per_node,
+                pack,
+                rank,
+                gpu_load,
+                size,
+                held,
+                queue,
+            )
+            if refine_b:
+                replicas_swapped[b] = refine_swap_row(
+                    weights,
+                    gpus_per_node,
+                    pack,
+                    rank,
+                    members,
+                    size,
+                    gpu_load,
+                    member_weights,
+                    not_heavy,
+                    every_member,
+                )
+        else:
+            replicate_greedy_row(row, slots, counts, layout)
+            for j in range(slots):
+                weights[j] = row[layout[j]] / counts[layout[j]]
+            pack_balanced_row(
+                weights, gpus_per_node, pack, rank, order, gpu_load, size, queue, sort_space
+            )
         seen[:] = 0
         for j in range(slots):
-            label = layout[b, j]
+            label = layout[j]
             expert = row_experts[b, label]
-            slot = node * slots + pack[b, j] * cap + rank[b, j]
+            slot = node * slots + pack[j] * cap + rank[j]
             phy2log[layer, slot] = expert
             log2phy[layer, expert, seen[label]] = slot
             seen[label] += 1
         for i in range(per_node):
-            logcnt[layer, row_experts[b, i]] = counts[b, i]
+            logcnt[layer, row_experts[b, i]] = counts[i]
 
 
-MIN_LAYERS_PER_THREAD = 32  # below that a second thread was measured to cost more than it saves
+MIN_LAYERS_PER_THREAD = 16  # measured on 2 cores: blocks of 8 layers gain ~15 %, of 4 none
 _executor: ThreadPoolExecutor | None = None
 
 
 def default_threads() -> int:
     """Threads for the layer-parallel steps: the CPUs available, at most 8."""
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
-
-
-@dataclass(frozen=True)
-class Shape:
-    num_nodes: int
-    slots: int
-    gpus_per_node: int
-    cap: int
-    seed_variant: bool
-    refine_a: bool
-    refine_b: bool
-
-
-def place_layers(
-    shape: Shape,
-    row_experts: IntArray,
-    row_loads: FloatArray,
-    phy2log: IntArray,
-    log2phy: IntArray,
-    logcnt: IntArray,
-) -> tuple[BoolArray, BoolArray]:
-    """Steps 2 to 4 for a block of whole layers (all their (layer, node) rows).
-
-    Writes the block's part of the placement and returns where refinements A and B
-    acted, one entry per row.
-    """
-    rows, per_node = row_loads.shape
-    counts_refined = np.zeros(rows, dtype=np.bool_)
-    replicas_swapped = np.zeros(rows, dtype=np.bool_)
-    if shape.seed_variant:
-        counts = water_fill_rows(row_loads, shape.slots)
-        if shape.refine_a:
-            counts, counts_refined = refine_counts_rows(row_loads, counts)
-        layout = layout_by_expert_rows(counts, shape.slots)
-    else:
-        counts, layout = replicate_greedy_rows(row_loads, shape.slots)
-    weights = replica_weights_rows(row_loads, counts, layout)
-    if shape.seed_variant:
-        pack, rank = pack_diverse_rows(weights, layout, shape.gpus_per_node, per_node)
-        if shape.refine_b:
-            pack, rank, replicas_swapped = refine_swap_rows(
-                weights, pack, rank, shape.gpus_per_node
-            )
-    else:
-        pack, rank = pack_balanced_rows(weights, shape.gpus_per_node)
-    assemble_placement(
-        row_experts,
-        counts,
-        layout,
-        pack,
-        rank,
-        shape.num_nodes,
-        shape.cap,
-        phy2log,
-        log2phy,
-        logcnt,
-    )
-    return counts_refined, replicas_swapped
 
 
 def balance_arrays(
@@ -644,8 +717,6 @@ def balance_arrays(
     (default: ``default_threads()``).
     """
     num_layers, num_experts = loads.shape
-    slots = num_replicas // num_nodes
-    cap = num_replicas // num_gpus
 
     # Step 1: groups to nodes, and each node's experts in node-local order.
     group_pack, group_rank = pack_balanced_rows(group_loads_rows(loads, num_groups), num_nodes)
@@ -656,33 +727,38 @@ def balance_arrays(
 
     # Steps 2 to 4, in blocks of whole layers over up to ``threads`` threads. Layers are
     # independent, so the split does not change the result; the kernels release the GIL.
-    shape = Shape(num_nodes, slots, num_gpus // num_nodes, cap, seed_variant, refine_a, refine_b)
     phy2log = np.empty((num_layers, num_replicas), dtype=np.int64)
     log2phy = np.empty((num_layers, num_experts, num_replicas - num_experts + 1), dtype=np.int64)
     logcnt = np.empty((num_layers, num_experts), dtype=np.int64)
+    counts_refined = np.zeros((num_layers, num_nodes), dtype=np.bool_)
+    replicas_swapped = np.zeros((num_layers, num_nodes), dtype=np.bool_)
     wanted = default_threads() if threads is None else threads
     blocks = max(1, min(wanted, num_layers // MIN_LAYERS_PER_THREAD))
-    bounds = np.linspace(0, num_layers, blocks + 1).astype(np.int64)
 
-    def place(block: int) -> tuple[BoolArray, BoolArray]:
-        first, last = int(bounds[block]), int(bounds[block + 1])
-        rows = slice(first * num_nodes, last * num_nodes)
-        return place_layers(
-            shape,
-            row_experts[rows],
-            row_loads[rows],
+    def place(block: int) -> None:
+        first, last = num_layers * block // blocks, num_layers * (block + 1) // blocks
+        place_rows(
+            row_experts[first * num_nodes : last * num_nodes],
+            row_loads[first * num_nodes : last * num_nodes],
+            num_nodes,
+            num_gpus // num_nodes,
+            seed_variant,
+            refine_a,
+            refine_b,
             phy2log[first:last],
             log2phy[first:last],
             logcnt[first:last],
+            counts_refined[first:last].reshape(-1),
+            replicas_swapped[first:last].reshape(-1),
         )
 
     global _executor
-    if blocks == 1:
-        flags = [place(0)]
-    else:
-        if _executor is None or _executor._max_workers < blocks:
-            _executor = ThreadPoolExecutor(max_workers=blocks, thread_name_prefix="eplb-fast")
-        flags = list(_executor.map(place, range(blocks)))
-    counts_refined = np.concatenate([f[0] for f in flags]).reshape(num_layers, num_nodes)
-    replicas_swapped = np.concatenate([f[1] for f in flags]).reshape(num_layers, num_nodes)
+    others = []
+    if blocks > 1:
+        if _executor is None or _executor._max_workers < blocks - 1:
+            _executor = ThreadPoolExecutor(max_workers=blocks - 1, thread_name_prefix="eplb-fast")
+        others = [_executor.submit(place, block) for block in range(1, blocks)]
+    place(0)  # the calling thread takes the first block
+    for other in others:
+        other.result()
     return phy2log, log2phy, logcnt, counts_refined, replicas_swapped

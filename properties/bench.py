@@ -20,6 +20,7 @@ import numpy as np
 
 from impl.balancer import Variant, balance
 from impl.fast import default_threads
+from impl.steps import layout_by_expert, water_fill
 from properties.workloads import TRACE_CLUSTER, default_workloads, generated_loads
 from spec.problem import BalancingProblem
 
@@ -160,10 +161,15 @@ def technique_comparison(problem: BalancingProblem, rounds: int) -> dict[str, fl
     experts = fast.node_local_experts_rows(
         group_pack, group_rank, problem.packing_nodes, problem.group_size
     )
-    rows = fast.gather_rows(problem.loads, experts, problem.packing_nodes)
-    counts = fast.water_fill_rows(rows, problem.slots_per_node)
-    layout = fast.layout_by_expert_rows(counts, problem.slots_per_node)
-    weights = fast.replica_weights_rows(rows, counts, layout)
+    rows = fast.gather_rows(problem.loads, experts, problem.packing_nodes).tolist()
+    counts = [water_fill(row, problem.slots_per_node) for row in rows]
+    layout = np.array([layout_by_expert(c) for c in counts], dtype=np.int64)
+    weights = np.array(
+        [
+            [row[i] / c[i] for i in labels]
+            for row, c, labels in zip(rows, counts, layout, strict=True)
+        ]
+    )
     gpus, labels = problem.gpus_per_node, problem.experts_per_node
     compiled = fast.pack_diverse_rows(weights, layout, gpus, labels)
     vectorised = diverse_greedy_numpy(weights, layout, gpus, labels)

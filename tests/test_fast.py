@@ -74,3 +74,62 @@ def test_fast_result_does_not_depend_on_threads(threads: int) -> None:
     )
     reference = balance(problem)
     assert_identical(balance(problem, fast=True, threads=threads), reference)
+
+
+def test_rows_longer_than_96_match_the_reference() -> None:
+    """Rows of more than 96 replicas (merge sort) and a water-fill top-up over more than
+    96 equal experts (every threshold gives them all 1 or all 2 replicas)."""
+    from properties.workloads import generated_loads
+
+    skewed = generated_loads(seed=5, num_layers=2, num_experts=128)
+    equal = np.full((1, 128), 7.0)
+    for loads in (skewed, equal):
+        problem = BalancingProblem(np.vstack([loads, loads[:1] * 0.5]), 160, 1, 1, 16)
+        for variant in VARIANTS:
+            assert_identical(
+                balance(problem, variant=variant, fast=True), balance(problem, variant=variant)
+            )
+
+
+VALUES = st.one_of(
+    st.integers(0, 5).map(float),
+    st.floats(0.0, 1e6),
+    st.sampled_from([0.0, 5e-324, 2.2e-308, 1.0, 1e300, 1.7976931348623157e308]),
+)
+
+
+@given(st.lists(VALUES, max_size=130), st.integers(0, 3))
+@example([3.0, 1.0, 3.0, 2.0, 1.0] * 4, 0)
+def test_sort_descending_is_the_stable_order(values: list[float], spare: int) -> None:
+    from impl.fast import sort_descending
+
+    n = len(values)
+    order = np.full(n + spare, -7, dtype=np.int64)
+    sort_descending(np.array(values, dtype=np.float64), order, np.empty(2 * n + 1, np.int64))
+    assert order[:n].tolist() == sorted(range(n), key=lambda i: (-values[i], i))
+    assert (order[n:] == -7).all()
+
+
+@given(
+    st.lists(st.integers(0, 10**6).map(float), min_size=1, max_size=40).filter(
+        lambda row: max(row) >= 1
+    ),
+    st.integers(0, 60),
+)
+def test_feasible_from_is_the_smallest_feasible_threshold(row: list[float], extra: int) -> None:
+    """On token counts the start point is found, and it is exactly the smallest float
+    threshold the bisection's test accepts."""
+    import math
+
+    from impl.fast import feasible_from
+
+    n, slots = len(row), len(row) + extra
+
+    def needed(threshold: float) -> int:
+        return sum(max(1, math.ceil(w / threshold)) for w in row)
+
+    found = feasible_from(np.array(row), slots, np.empty(2 * n, np.int64), np.empty(n, np.float64))
+    assert found > 0
+    assert needed(found) <= slots
+    below = math.nextafter(found, 0.0)
+    assert below == 0.0 or needed(below) > slots
