@@ -133,3 +133,11 @@ def test_feasible_from_is_the_smallest_feasible_threshold(row: list[float], extr
     assert needed(found) <= slots
     below = math.nextafter(found, 0.0)
     assert below == 0.0 or needed(below) > slots
+
+
+@given(st.lists(st.integers(0, 4).map(float), min_size=1, max_size=40), st.integers(0, 5))
+def test_index_of_a_maximum(values: list[float], spare: int) -> None:
+    from impl.fast import index_of_a_maximum
+
+    padded = np.array(values + [9.0] * spare)
+    assert values[index_of_a_maximum(padded, len(values))] == max(values)
