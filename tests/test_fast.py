@@ -141,3 +141,18 @@ def test_index_of_a_maximum(values: list[float], spare: int) -> None:
 
     padded = np.array(values + [9.0] * spare)
     assert values[index_of_a_maximum(padded, len(values))] == max(values)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_generated_and_normalised_loads_match_the_reference(seed: int) -> None:
+    """Trace-sized generated loads, as token counts and normalised to fractions of each
+    layer's total (largest loads below 1: the bisection's range is then [0, 1])."""
+    from properties.workloads import generated_loads
+
+    loads = generated_loads(seed=seed, num_layers=16, num_experts=256)
+    for scaled in (loads, loads / loads.sum(axis=1, keepdims=True)):
+        problem = BalancingProblem(scaled, *TRACE_CLUSTER)
+        for variant in VARIANTS:
+            assert_identical(
+                balance(problem, variant=variant, fast=True), balance(problem, variant=variant)
+            )
