@@ -102,6 +102,13 @@ def two_extremes(values: FloatArray, eligible: BoolArray, highest: bool) -> tupl
 
 
 @compiled
+def one_per_pack(pack: IntArray, rank: IntArray) -> None:
+    """With one item per pack, item ``j`` goes to pack ``j`` at rank 0."""
+    for j in range(pack.shape[0]):
+        pack[j], rank[j] = j, 0
+
+
+@compiled
 def pack_balanced_row(
     weights: FloatArray,
     num_packs: int,
@@ -118,8 +125,7 @@ def pack_balanced_row(
     count = weights.shape[0]
     per_pack = count // num_packs
     if per_pack == 1:
-        for j in range(count):
-            pack[j], rank[j] = j, 0
+        one_per_pack(pack, rank)
         return
     sort_descending(weights, order, sort_space)
     # Packs with room, kept ordered by (load, index): the target is the first.
@@ -424,8 +430,7 @@ def pack_diverse_row(
     count = weights.shape[0]
     cap = count // num_gpus
     if cap == 1:
-        for j in range(count):
-            pack[j], rank[j] = j, 0
+        one_per_pack(pack, rank)
         return
     # GPUs with room, kept ordered by (load, size, index). The target is the first of
     # them holding the fewest replicas with the item's label.

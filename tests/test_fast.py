@@ -27,6 +27,13 @@ def assert_identical(fast: BalanceResult, reference: BalanceResult) -> None:
 VARIANTS: tuple[Variant, ...] = ("seed", "baseline")
 
 
+def assert_both_variants_identical(problem: BalancingProblem) -> None:
+    for variant in VARIANTS:
+        assert_identical(
+            balance(problem, variant=variant, fast=True), balance(problem, variant=variant)
+        )
+
+
 @given(problems(), st.sampled_from(VARIANTS), st.booleans(), st.booleans())
 @example(BalancingProblem([[0.0, 0.0, 0.0]], 8, 1, 1, 4), "seed", True, True)
 @example(BalancingProblem([[5.0, 5.0, 5.0, 5.0]], 8, 2, 2, 4), "seed", True, True)
@@ -45,10 +52,7 @@ WORKLOADS, _ = default_workloads()
 @pytest.mark.parametrize("workload", WORKLOADS, ids=[w.name for w in WORKLOADS])
 def test_fast_equals_reference_on_the_traces(workload: Workload) -> None:
     problem = BalancingProblem(workload.loads, *TRACE_CLUSTER)
-    for variant in VARIANTS:
-        assert_identical(
-            balance(problem, variant=variant, fast=True), balance(problem, variant=variant)
-        )
+    assert_both_variants_identical(problem)
 
 
 def test_fast_flag_on_the_public_entry_point() -> None:
@@ -85,10 +89,7 @@ def test_rows_longer_than_96_match_the_reference() -> None:
     equal = np.full((1, 128), 7.0)
     for loads in (skewed, equal):
         problem = BalancingProblem(np.vstack([loads, loads[:1] * 0.5]), 160, 1, 1, 16)
-        for variant in VARIANTS:
-            assert_identical(
-                balance(problem, variant=variant, fast=True), balance(problem, variant=variant)
-            )
+        assert_both_variants_identical(problem)
 
 
 VALUES = st.one_of(
@@ -152,7 +153,4 @@ def test_generated_and_normalised_loads_match_the_reference(seed: int) -> None:
     loads = generated_loads(seed=seed, num_layers=16, num_experts=256)
     for scaled in (loads, loads / loads.sum(axis=1, keepdims=True)):
         problem = BalancingProblem(scaled, *TRACE_CLUSTER)
-        for variant in VARIANTS:
-            assert_identical(
-                balance(problem, variant=variant, fast=True), balance(problem, variant=variant)
-            )
+        assert_both_variants_identical(problem)
