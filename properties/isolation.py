@@ -29,7 +29,14 @@ class TargetError(Exception):
 
 
 def load_target(target: str) -> Callable[..., Any]:
-    """``package.module:function`` or ``path/to/file.py:function`` to the function."""
+    """The function a target names: an engine adapter (``properties.engines``),
+    ``package.module:function``, ``path/to/file.py:function``, or either with
+    ``Class.method`` in place of ``function`` (class and static methods)."""
+    from properties.engines import find_engine
+
+    engine = find_engine(target)
+    if engine is not None:
+        return engine.load()
     if ":" not in target:
         raise TargetError(f"target {target!r} must look like module:function or file.py:function")
     location, _, name = target.rpartition(":")
@@ -52,7 +59,9 @@ def load_target(target: str) -> Callable[..., Any]:
         raise TargetError(
             f"importing {location!r} failed: {type(error).__name__}: {error}"
         ) from None
-    function = getattr(module, name, None)
+    function: Any = module
+    for part in name.split("."):
+        function = getattr(function, part, None)
     if not callable(function):
         raise TargetError(f"{location!r} has no function {name!r}")
     return function  # type: ignore[no-any-return]
