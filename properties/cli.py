@@ -207,6 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="also check a refinement-B function refine(weights, gpu, rank, num_gpus) -> "
         "(gpu, rank) (the reference: impl:refine_swap_lists)",
     )
+    gate.add_argument(
+        "--checks",
+        metavar="SECTIONS",
+        help="comma-separated sections to run (default: all): contract, deterministic, "
+        "input-forms, optimality, bad-input, traces, refinement-a, refinement-b",
+    )
+    gate.add_argument("--skip", metavar="SECTIONS", help="comma-separated sections to leave out")
+    gate.add_argument(
+        "--memory-mb",
+        type=int,
+        default=4096,
+        help="address-space limit of the target's process, in MB (default 4096)",
+    )
     gate.set_defaults(handler=run_gate_command)
 
     vectors = commands.add_parser(
@@ -245,6 +258,10 @@ def run_gate_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--timeout must be positive, got {args.timeout}")
     if args.max_gap is not None and args.max_gap < 0:
         raise ValueError(f"--max-gap must be non-negative, got {args.max_gap}")
+
+    def sections(text: str | None) -> list[str] | None:
+        return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
+
     return gate_main(
         args.impl,
         args.quick,
@@ -254,6 +271,9 @@ def run_gate_command(args: argparse.Namespace) -> int:
         args.json,
         args.refine_a,
         args.refine_b,
+        checks=sections(args.checks),
+        skip=sections(args.skip),
+        memory_mb=args.memory_mb,
     )
 
 

@@ -1,9 +1,10 @@
 """The correctness gate: check any ``rebalance_experts`` against the spec and the oracle.
 
 ``run_gate`` drives the properties of ``properties.suite`` through Hypothesis
-(derandomized, so a run repeats) on a target called in a separate process, then scores
-it on the real traces. Usable from the command line (``eplb-spec gate``) and from any
-project's pytest::
+(derandomized, so a run repeats) on a target called in a separate process
+(``properties.isolation``), then scores it on the real traces. Every check and the
+verdict are computed in this process, on plain data; the target never runs here.
+Usable from the command line (``eplb-spec gate``) and from any project's pytest::
 
     from properties.gate import run_gate
 
@@ -14,29 +15,53 @@ project's pytest::
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import math
+import os
+import platform
+import re
+import signal
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from hypothesis import target as steer_towards
+from hypothesis.errors import Flaky
 
 from oracle.pipeline import layer_lower_bound
-from properties.isolation import CallResult, IsolatedTarget, TargetError
-from properties.strategies import count_cases, integer_problems, problems, swap_cases, tiny_problems
+from properties.engines import EngineAdapter, find_engine
+from properties.isolation import (
+    DEFAULT_MEMORY_MB,
+    FailureCount,
+    IsolatedTarget,
+    TargetError,
+)
+from properties.strategies import (
+    count_cases,
+    engine_regime_examples,
+    integer_problems,
+    problems,
+    swap_cases,
+    tiny_problems,
+)
 from properties.suite import (
-    Caller,
     Finding,
     Gap,
     bad_inputs,
+    call_ok,
     check_bad_input,
     check_contract,
     check_deterministic,
@@ -44,18 +69,35 @@ from properties.suite import (
     check_optimality,
     check_refinement_a,
     check_refinement_b,
-    tensor_arg,
 )
 from properties.workloads import TRACE_CLUSTER, default_workloads
 from spec.objectives import balancedness, gpu_loads, gpus_with_duplicate_replicas, peak_gpu_load
 from spec.problem import BalancingProblem
 
 DEFAULT_TARGET = "impl:rebalance_experts"
-GIVE_UP_AFTER = 3  # hangs or crashes before the remaining checks are skipped
+GIVE_UP_AFTER = 3  # hangs or crashes of the target, all sections together
+BUG_REPORT = "this is a fault of eplb-spec, not of the target: please report it"
+
+SECTIONS = (
+    "contract",
+    "deterministic",
+    "input-forms",
+    "optimality",
+    "bad-input",
+    "traces",
+    "refinement-a",
+    "refinement-b",
+)
+"""The gate's sections, in the order they run; ``--checks`` and ``--skip`` name them."""
+
+
+class InternalError(Exception):
+    """A fault inside the gate itself (the suite, the oracle, Hypothesis)."""
 
 
 @dataclass(frozen=True)
 class Budget:
+    name: str
     contract: int
     deterministic: int
     input_forms: int
@@ -65,18 +107,35 @@ class Budget:
 
 
 QUICK = Budget(
-    contract=100, deterministic=20, input_forms=20, optimality=25, traces=2, trace_repeats=1
+    "quick",
+    contract=100,
+    deterministic=20,
+    input_forms=20,
+    optimality=25,
+    traces=2,
+    trace_repeats=1,
 )
 THOROUGH = Budget(
-    contract=800, deterministic=100, input_forms=100, optimality=150, traces=None, trace_repeats=3
+    "thorough",
+    contract=800,
+    deterministic=100,
+    input_forms=100,
+    optimality=150,
+    traces=None,
+    trace_repeats=3,
 )
 
 
-@dataclass(frozen=True)
-class GateViolation:
+@dataclass
+class GateFinding:
+    """One cause: a check broken, how often it was seen, and the smallest input."""
+
     check: str
+    code: str
     message: str
+    count: int
     input: dict[str, Any] | None
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,38 +149,89 @@ class TraceResult:
     seconds_per_call: float
 
 
+def message_shape(message: str) -> str:
+    """The first clause of a message with its numbers blanked: repeats of one cause (in
+    another layer, trace or example) share a shape."""
+    first = message.split("; ")[0]
+    return re.sub(r"-?\d+(\.\d+)?([eE][-+]?\d+)?", "#", first)
+
+
+def input_size(value: dict[str, Any] | None) -> float:
+    """How big a failing input is: its loads' count (a named trace counts as huge)."""
+    if value is None:
+        return math.inf
+    if isinstance(value.get("weight"), list):
+        return float(np.asarray(value["weight"], dtype=object).size) + len(json.dumps(value)) / 1e9
+    return 1e12
+
+
+def printable(text: str, limit: int = 400) -> str:
+    """Text that came from a target, safe to print on one terminal line."""
+    cleaned = "".join(c if c.isprintable() else " " for c in text)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
 @dataclass
 class GateReport:
     target: str
     verdict: str = "pass"
-    violations: list[GateViolation] = field(default_factory=list)
+    findings: list[GateFinding] = field(default_factory=list)
     checks: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    header: dict[str, Any] = field(default_factory=dict)
     bad_inputs: dict[str, str] = field(default_factory=dict)
     optimality: dict[str, Any] = field(default_factory=dict)
     traces: list[TraceResult] = field(default_factory=list)
     seconds: float = 0.0
 
-    def fail(self, violation: GateViolation) -> None:
-        self.violations.append(violation)
+    @property
+    def violations(self) -> list[GateFinding]:
+        """The findings (the name of earlier versions)."""
+        return self.findings
+
+    def record(self, finding: Finding, where: dict[str, Any] | None, note: str = "") -> None:
+        """Add a finding, or count it against the entry of the same cause."""
         self.verdict = "fail"
+        shape = message_shape(finding.message)
+        for entry in self.findings:
+            if (entry.check, entry.code, message_shape(entry.message)) == (
+                finding.check,
+                finding.code,
+                shape,
+            ):
+                entry.count += 1
+                if input_size(where) < input_size(entry.input):
+                    entry.input, entry.message = where, finding.message
+                return
+        self.findings.append(
+            GateFinding(finding.check, finding.code, finding.message, 1, where, note)
+        )
 
     def summary(self) -> str:
-        lines = [f"eplb-spec gate: {self.target}: {self.verdict.upper()}"]
-        lines += [f"  note: {n}" for n in self.notes]
-        lines += [f"  {name:<22} {status}" for name, status in self.checks.items()]
-        for v in self.violations:
-            lines.append(f"  VIOLATION [{v.check}] {v.message}")
-            if v.input is not None:
-                lines.append(f"    smallest failing input: {json.dumps(v.input)}")
+        lines = [f"eplb-spec gate: {printable(self.target)}: {self.verdict.upper()}"]
+        for key in ("call", "target_file", "budget"):
+            if key in self.header:
+                lines.append(f"  {key.replace('_', ' ')}: {printable(str(self.header[key]))}")
+        lines += [f"  note: {printable(n)}" for n in self.notes]
+        lines += [f"  {name:<14} {status}" for name, status in self.checks.items()]
+        for f in self.findings:
+            seen = f" (seen {f.count} times)" if f.count > 1 else ""
+            lines.append(f"  FINDING [{f.check}/{f.code}]{seen} {printable(f.message)}")
+            if f.note:
+                lines.append(f"    {printable(f.note)}")
+            if f.input is not None:
+                lines.append(f"    smallest input: {printable(json.dumps(f.input), 2000)}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
+        findings = [asdict(f) for f in self.findings]
         return {
-            "format": 1,
+            "format": 2,
             "target": self.target,
             "verdict": self.verdict,
-            "violations": [asdict(v) for v in self.violations],
+            "header": self.header,
+            "findings": findings,
+            "violations": findings,
             "checks": self.checks,
             "notes": self.notes,
             "bad_inputs": self.bad_inputs,
@@ -144,6 +254,12 @@ def describe(problem: BalancingProblem) -> dict[str, Any]:
     return describe_input(problem.loads.tolist(), cluster)
 
 
+def describe_case(case: Any) -> dict[str, Any]:
+    if isinstance(case, BalancingProblem):
+        return describe(case)
+    return asdict(case)
+
+
 class Progress:
     """A one-line progress bar on a terminal; plain section lines otherwise."""
 
@@ -157,7 +273,7 @@ class Progress:
         if self.live:
             filled = int(20 * done / max(total, 1))
             bar = "#" * filled + "-" * (20 - filled)
-            sys.stderr.write(f"\r  {section:<22} [{bar}] {done}/{total}   ")
+            sys.stderr.write(f"\r  {section:<14} [{bar}] {done}/{total}   ")
             sys.stderr.flush()
         elif done == 0:
             sys.stderr.write(f"  {section} ...\n")
@@ -167,25 +283,47 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def describe_case(case: Any) -> dict[str, Any]:
-    if isinstance(case, BalancingProblem):
-        return describe(case)
-    return asdict(case)
+@dataclass
+class Hunt:
+    """What one Hypothesis-driven section saw."""
+
+    examples: int
+    checked: int = 0
+    skipped: int = 0
+    failed_at: int | None = None  # examples checked when the first finding came
+    finding: Finding | None = None
+    input: dict[str, Any] | None = None
+    note: str = ""
+    soft: list[tuple[Finding, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.failed_at is not None
+
+    def status(self) -> str:
+        outside = f", {self.skipped} outside the target's domain" if self.skipped else ""
+        if self.failed_at is None:
+            return f"{self.checked} examples{outside}: pass"
+        return f"FAIL at example {self.failed_at} of {self.examples}{outside}"
 
 
 def hunt(
     name: str,
     strategy: st.SearchStrategy[Any],
-    check: Callable[[Any], None],
+    check: Callable[[Any, Hunt], None],
     examples: int,
     progress: Progress,
-) -> GateViolation | None:
-    """Run ``check`` on ``examples`` generated problems; on a finding, the smallest
-    failing problem Hypothesis shrinks to (a hang or crash is reported as first met,
-    without shrinking, to save the time each further call would cost)."""
-    seen: list[Any] = []
+    first: Sequence[Any] = (),
+) -> Hunt:
+    """Run ``check`` on ``examples`` generated cases. On a finding, Hypothesis shrinks it
+    to the smallest failing case (a hang or crash is kept as first met, to save the time
+    each further call would cost). ``check`` sees the ``Hunt`` so that it can record
+    only what it observes before the first failure (shrinking replays are not examples).
+    ``first``: cases checked before the generated ones.
+    """
+    state = Hunt(examples)
+    last: list[Any] = []
     stuck: list[tuple[Finding, Any]] = []
-    state = {"done": 0}
 
     @settings(
         max_examples=examples,
@@ -197,91 +335,330 @@ def hunt(
         phases=[Phase.explicit, Phase.generate, Phase.target, Phase.shrink],
     )
     @given(strategy)
-    def run(problem: Any) -> None:
+    def run(case: Any) -> None:
         if stuck:
             raise stuck[0][0]
-        seen.append(problem)
-        state["done"] += 1
-        progress.show(name, min(state["done"], examples), examples)
+        last[:] = [case]
+        if state.checked and not state.failed:
+            progress.show(name, min(state.checked, examples), examples)
         try:
-            check(problem)
+            check(case, state)
         except Finding as finding:
-            if finding.check in ("timeout", "crash"):
-                stuck.append((finding, problem))
+            if state.failed_at is None:
+                state.failed_at = state.checked + 1
+                state.finding, state.input = finding, describe_case(case)
+            if finding.check in ("timeout", "crash", "undecodable-result"):
+                stuck.append((finding, case))
             raise
+        if not state.failed:
+            state.checked += 1
 
+    for case in reversed(first):
+        run = example(case)(run)
     progress.show(name, 0, examples)
     try:
         run()
     except Finding as finding:
-        progress.end()
         if stuck:
-            return GateViolation(stuck[0][0].check, stuck[0][0].message, describe_case(stuck[0][1]))
-        # Hypothesis replays the smallest failing example last.
-        return GateViolation(
-            finding.check, finding.message, describe_case(seen[-1]) if seen else None
+            state.finding, state.input = stuck[0][0], describe_case(stuck[0][1])
+        else:  # Hypothesis replays the smallest failing example last
+            state.finding = finding
+            state.input = describe_case(last[0]) if last else state.input
+    except Flaky:
+        state.note = (
+            "the failure did not repeat when the same input was replayed: the target is "
+            "nondeterministic or depends on timing; this is the first failing input seen"
         )
-    except Exception as error:  # Hypothesis' own errors (a flaky target, say)
+    except Exception as error:
+        raise InternalError(
+            f"section {name!r} stopped on {type(error).__name__}: {error}\n"
+            + "".join(traceback.format_exception(error))
+        ) from error
+    finally:
         progress.end()
-        return GateViolation(
-            "deterministic",
-            "the target behaved inconsistently on repeated calls "
-            f"({type(error).__name__}: {error})",
-            describe_case(seen[-1]) if seen else None,
-        )
-    progress.end()
-    return None
+    return state
 
 
-def traces_section(
-    caller: IsolatedTarget, report: GateReport, data: str | None, budget: Budget, progress: Progress
-) -> None:
+@dataclass
+class GateRun:
+    """The state shared by the sections of one gate run."""
+
+    report: GateReport
+    budget: Budget
+    caller: IsolatedTarget
+    engine: EngineAdapter | None
+    failures: FailureCount
+    progress: Progress
+    max_gap_percent: float | None
+    timeout_s: float
+    memory_mb: int
+    gaps: list[Gap] = field(default_factory=list)
+
+    @property
+    def gave_up(self) -> bool:
+        return self.failures.count >= GIVE_UP_AFTER or self.caller.dead is not None
+
+    def outside(self, problem: BalancingProblem) -> str | None:
+        if self.engine is None:
+            return None
+        cluster = (problem.num_replicas, problem.num_groups, problem.num_nodes, problem.num_gpus)
+        return self.engine.outside_domain(problem.num_experts, cluster)
+
+    def guarded(
+        self, check: Callable[[BalancingProblem, Hunt], None]
+    ) -> Callable[[BalancingProblem, Hunt], None]:
+        """``check`` on problems in the target's domain, while the target is alive."""
+
+        def run(problem: BalancingProblem, state: Hunt) -> None:
+            if self.gave_up:
+                return
+            if self.outside(problem) is not None:
+                state.skipped += not state.failed
+                return
+            check(problem, state)
+
+        return run
+
+    def finish_hunt(self, name: str, state: Hunt) -> None:
+        self.report.checks[name] = state.status()
+        for finding, where in state.soft:
+            self.report.record(finding, where)
+        if state.finding is not None:
+            self.report.record(state.finding, state.input, state.note)
+
+
+class SoftFindings(list[Finding]):
+    """Type-only findings of one example, recorded on the hunt until its first failure."""
+
+    def __init__(self, state: Hunt, problem: BalancingProblem) -> None:
+        super().__init__()
+        self.state, self.problem = state, problem
+
+    def append(self, finding: Finding) -> None:
+        super().append(finding)
+        if not self.state.failed:
+            self.state.soft.append((finding, describe(self.problem)))
+
+
+def run_sections(run: GateRun, chosen: Collection[str]) -> None:
+    """The Hypothesis-driven sections."""
+    call = run.caller.call
+
+    def contract(problem: BalancingProblem, state: Hunt) -> None:
+        check_contract(call, problem, SoftFindings(state, problem))
+
+    def deterministic(problem: BalancingProblem, state: Hunt) -> None:
+        check_deterministic(call, problem)
+
+    def input_forms(problem: BalancingProblem, state: Hunt) -> None:
+        check_input_forms(call, problem)
+
+    def optimality(problem: BalancingProblem, state: Hunt) -> None:
+        found = check_optimality(call, problem, run.max_gap_percent, SoftFindings(state, problem))
+        if not state.failed:
+            run.gaps.extend(found)
+        steer_towards(max((g.relative for g in found), default=0.0), label="gap to the optimum")
+
+    sections: list[
+        tuple[str, st.SearchStrategy[BalancingProblem], Callable[[BalancingProblem, Hunt], None]]
+    ] = [
+        ("contract", problems(), contract),
+        ("deterministic", problems(), deterministic),
+        ("input-forms", integer_problems(), input_forms),
+        ("optimality", tiny_problems(), optimality),
+    ]
+    examples = {
+        "contract": run.budget.contract,
+        "deterministic": run.budget.deterministic,
+        "input-forms": run.budget.input_forms,
+        "optimality": run.budget.optimality,
+    }
+    for name, strategy, check in sections:
+        if name not in chosen:
+            continue
+        if run.gave_up:
+            run.report.checks[name] = "skipped: the target hung or crashed too often"
+            continue
+        first = engine_regime_examples() if name in ("contract", "optimality") else []
+        state = hunt(name, strategy, run.guarded(check), examples[name], run.progress, first)
+        run.finish_hunt(name, state)
+    summarise_gaps(run)
+
+
+def summarise_gaps(run: GateRun) -> None:
+    proven = [g for g in run.gaps if g.proven]
+    if not proven:
+        return
+    worst = max(proven, key=lambda g: g.relative)
+    run.report.optimality = {
+        "layers_compared": len(proven),
+        "at_optimum": sum(g.relative <= 1e-12 for g in proven),
+        "mean_gap": statistics.fmean(g.relative for g in proven),
+        "max_gap": worst.relative,
+        "max_gap_peak": worst.peak,
+        "max_gap_optimum": str(worst.optimum),
+    }
+
+
+def bad_input_section(run: GateRun) -> None:
+    cases = bad_inputs()
+    failed = skipped = 0
+    for case in cases:
+        if run.gave_up:
+            run.report.bad_inputs[case.name] = "skipped: the target hung or crashed too often"
+            continue
+        if run.engine is not None and (
+            why := run.engine.outside_domain(int(case.weight.values.shape[1]), case.cluster)
+        ):
+            skipped += 1
+            run.report.bad_inputs[case.name] = f"skipped: {why}"
+            continue
+        try:
+            run.report.bad_inputs[case.name] = check_bad_input(run.caller.call, case)
+        except Finding as finding:
+            failed += 1
+            run.report.bad_inputs[case.name] = "VIOLATION"
+            run.report.record(finding, describe_input(case.weight.values.tolist(), case.cluster))
+    outside = f", {skipped} outside the target's domain" if skipped else ""
+    run.report.checks["bad-input"] = f"{len(cases)} cases{outside}: " + (
+        "FAIL" if failed else "pass"
+    )
+
+
+def traces_section(run: GateRun, data: str | None) -> None:
     workloads, note = default_workloads(data)
-    report.notes.append(note)
-    chosen = workloads if budget.traces is None else workloads[: budget.traces]
+    run.report.notes.append(note)
+    chosen = workloads if run.budget.traces is None else workloads[: run.budget.traces]
+    where_cluster = dict(zip(CLUSTER_KEYS, TRACE_CLUSTER, strict=True))
+    failed = 0
     for index, workload in enumerate(chosen):
-        progress.show("real traces", index, len(chosen))
+        run.progress.show("traces", index, len(chosen))
         problem = BalancingProblem(workload.loads, *TRACE_CLUSTER)
+        if run.gave_up:
+            break
+        if (why := run.outside(problem)) is not None:
+            run.report.notes.append(f"traces skipped: {why}")
+            break
         times = []
         outputs = None
-        for _ in range(budget.trace_repeats):
+        for _ in range(run.budget.trace_repeats):
+            soft: list[Finding] = []
             try:
-                outputs, result = check_contract(caller.call, problem)
-            except Finding as finding:
-                where = {
-                    "trace": workload.name,
-                    **dict(zip(CLUSTER_KEYS, TRACE_CLUSTER, strict=True)),
-                }
-                report.fail(
-                    GateViolation(finding.check, f"trace {workload.name}: {finding.message}", where)
-                )
+                outputs, result = check_contract(run.caller.call, problem, soft)
+            except Finding as broken:
+                failed += 1
+                run.report.record(broken, {"trace": workload.name, **where_cluster})
+                outputs = None
                 break
+            for type_only in soft:
+                run.report.record(type_only, {"trace": workload.name, **where_cluster})
             times.append(result.seconds)
         if outputs is None:
             continue
-        phy2log, logcnt = np.asarray(outputs.phy2log), np.asarray(outputs.logcnt)
-        loads = gpu_loads(problem.loads, phy2log, logcnt, problem.num_gpus)
-        peaks = peak_gpu_load(problem.loads, phy2log, logcnt, problem.num_gpus)
-        ratios = [
-            float(peaks[layer]) / float(bound)
-            for layer in range(problem.num_layers)
-            if (bound := layer_lower_bound(problem, layer)) > 0
-        ]
-        report.traces.append(
-            TraceResult(
-                trace=workload.name,
-                generated=workload.generated,
-                balancedness=balancedness(loads),
-                mean_peak_over_lower_bound=statistics.fmean(ratios) if ratios else 1.0,
-                max_peak_over_lower_bound=max(ratios) if ratios else 1.0,
-                gpus_with_duplicate_replicas=int(
-                    gpus_with_duplicate_replicas(phy2log, problem.num_gpus).sum()
-                ),
-                seconds_per_call=statistics.median(times),
-            )
+        run.report.traces.append(
+            score_trace(workload.name, workload.generated, problem, outputs, times)
         )
-    progress.show("real traces", len(chosen), len(chosen))
-    progress.end()
+    run.progress.show("traces", len(chosen), len(chosen))
+    run.progress.end()
+    scored = len(run.report.traces)
+    run.report.checks["traces"] = f"{len(chosen)} traces, {scored} scored: " + (
+        "FAIL" if failed else "pass"
+    )
+
+
+def score_trace(
+    name: str, generated: bool, problem: BalancingProblem, outputs: Any, times: list[float]
+) -> TraceResult:
+    phy2log, logcnt = np.asarray(outputs.phy2log), np.asarray(outputs.logcnt)
+    loads = gpu_loads(problem.loads, phy2log, logcnt, problem.num_gpus)
+    peaks = peak_gpu_load(problem.loads, phy2log, logcnt, problem.num_gpus)
+    ratios = [
+        float(peaks[layer]) / float(bound)
+        for layer in range(problem.num_layers)
+        if (bound := layer_lower_bound(problem, layer)) > 0
+    ]
+    return TraceResult(
+        trace=name,
+        generated=generated,
+        balancedness=balancedness(loads),
+        mean_peak_over_lower_bound=statistics.fmean(ratios) if ratios else 1.0,
+        max_peak_over_lower_bound=max(ratios) if ratios else 1.0,
+        gpus_with_duplicate_replicas=int(
+            gpus_with_duplicate_replicas(phy2log, problem.num_gpus).sum()
+        ),
+        seconds_per_call=statistics.median(times),
+    )
+
+
+def refinement_section(
+    run: GateRun, name: str, target: str, strategy: st.SearchStrategy[Any], prop: Any
+) -> None:
+    if run.gave_up:
+        run.report.checks[name] = "skipped: the target hung or crashed too often"
+        return
+    with IsolatedTarget(
+        target, run.timeout_s, memory_mb=run.memory_mb, failures=run.failures
+    ) as refiner:
+
+        def check(case: Any, state: Hunt) -> None:
+            if not run.gave_up:
+                prop(refiner.call, case)
+
+        state = hunt(name, strategy, check, run.budget.contract, run.progress)
+    run.finish_hunt(name, state)
+
+
+def package_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in ("eplb-spec", "torch", "numpy", "hypothesis", "ortools"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def file_digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def target_file(target: str, caller: IsolatedTarget, engine: EngineAdapter | None) -> str:
+    """The file the target's code lives in: from the path given, the engine adapter, or
+    (for a module target) as the worker reported it."""
+    source = getattr(engine, "source_file", None) if engine is not None else None
+    if source:
+        return str(source)
+    location = target.rpartition(":")[0]
+    if location.endswith(".py") or "/" in location:
+        return str(Path(location).resolve())
+    return caller.resolved_file
+
+
+def describe_call(
+    target: str, engine: EngineAdapter | None, timeout_s: float, memory_mb: int
+) -> str:
+    isolation = f"in its own process, {timeout_s:g} s per call, {memory_mb} MB address space"
+    if engine is not None:
+        return f"{engine.description} ({isolation})"
+    return (
+        f"{target}(weight, num_replicas, num_groups, num_nodes, num_gpus), weight a "
+        f"torch.Tensor [layers, experts] (float64; int64, float32 and non-contiguous in "
+        f"input-forms) ({isolation})"
+    )
+
+
+def choose_sections(
+    checks: Collection[str] | None, skip: Collection[str] | None
+) -> tuple[str, ...]:
+    for option, names in (("checks", checks), ("skip", skip)):
+        unknown = sorted(set(names or ()) - set(SECTIONS))
+        if unknown:
+            raise ValueError(f"--{option}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    wanted = SECTIONS if checks is None else tuple(s for s in SECTIONS if s in checks)
+    return tuple(s for s in wanted if s not in set(skip or ()))
 
 
 def run_gate(
@@ -294,114 +671,118 @@ def run_gate(
     progress: bool = False,
     refine_a: str | None = None,
     refine_b: str | None = None,
+    checks: Collection[str] | None = None,
+    skip: Collection[str] | None = None,
+    memory_mb: int = DEFAULT_MEMORY_MB,
 ) -> GateReport:
-    """Check ``target`` and return the report (raises ``TargetError`` when it cannot be
-    imported). ``refine_a`` / ``refine_b`` also check refinement functions against
+    """Check ``target`` and return the report.
+
+    Raises ``TargetError`` when the target cannot be imported, ValueError for bad
+    arguments, and ``InternalError`` for a fault of the gate itself (never blamed on
+    the target). ``refine_a`` / ``refine_b`` also check refinement functions against
     their contracts: ``refine(loads, counts) -> counts`` and
-    ``refine(weights, gpu, rank, num_gpus) -> (gpu, rank)``."""
+    ``refine(weights, gpu, rank, num_gpus) -> (gpu, rank)``. ``checks`` / ``skip``
+    choose sections by name (``SECTIONS``).
+    """
+    if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
+        raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout_s!r}")
+    if max_gap_percent is not None and not (
+        isinstance(max_gap_percent, (int, float)) and 0 <= max_gap_percent < math.inf
+    ):
+        raise ValueError(f"max-gap must be a finite percentage >= 0, got {max_gap_percent!r}")
+    chosen = choose_sections(checks, skip)
     start = time.perf_counter()
     budget = QUICK if quick else THOROUGH
     report = GateReport(target)
-    bar = Progress(progress)
-    with IsolatedTarget(target, timeout_s) as caller:
-        probe = caller.call(tensor_arg(BalancingProblem([[1.0, 2.0]], 2, 1, 1, 1)), 2, 1, 1, 1)
-        if isinstance(probe, CallResult):
-            report.notes.append(f"the target returns {probe.returned}")
-            value = probe.value
-            if not (isinstance(value, (tuple, list)) and len(value) == 3):
-                report.notes.append("log2phy and logcnt are derived from the returned phy2log")
-
-        gaps: list[Gap] = []
-
-        def contract(problem: BalancingProblem) -> None:
-            check_contract(caller.call, problem)
-
-        def optimality(problem: BalancingProblem) -> None:
-            found = check_optimality(caller.call, problem, max_gap_percent)
-            gaps.extend(found)
-            steer_towards(max((g.relative for g in found), default=0.0), label="gap to the optimum")
-
-        sections: list[
-            tuple[str, st.SearchStrategy[BalancingProblem], Callable[[BalancingProblem], None], int]
-        ] = [
-            ("contract", problems(), contract, budget.contract),
-            (
-                "deterministic",
-                problems(),
-                lambda p: check_deterministic(caller.call, p),
-                budget.deterministic,
-            ),
-            (
-                "input forms",
-                integer_problems(),
-                lambda p: check_input_forms(caller.call, p),
-                budget.input_forms,
-            ),
-            ("optimality", tiny_problems(), optimality, budget.optimality),
-        ]
-        for name, strategy, check, examples in sections:
-            if caller.failures >= GIVE_UP_AFTER:
-                report.checks[name] = "skipped: the target hung or crashed too often"
-                continue
-            violation = hunt(name, strategy, check, examples, bar)
-            report.checks[name] = f"{examples} examples: " + ("FAIL" if violation else "pass")
-            if violation is not None:
-                report.fail(violation)
-
-        bad_failures = 0
-        for case in bad_inputs() if caller.failures < GIVE_UP_AFTER else []:
-            try:
-                report.bad_inputs[case.name] = check_bad_input(caller.call, case)
-            except Finding as finding:
-                bad_failures += 1
-                report.bad_inputs[case.name] = "VIOLATION"
-                report.fail(
-                    GateViolation(
-                        finding.check,
-                        finding.message,
-                        describe_input(case.weight.values.tolist(), case.cluster),
-                    )
-                )
-        report.checks["bad input"] = (
-            "skipped: the target hung or crashed too often"
-            if caller.failures >= GIVE_UP_AFTER and not report.bad_inputs
-            else f"{len(bad_inputs())} cases: " + ("FAIL" if bad_failures else "pass")
+    engine = find_engine(target)
+    failures = FailureCount()
+    with IsolatedTarget(target, timeout_s, memory_mb=memory_mb, failures=failures) as caller:
+        run = GateRun(
+            report,
+            budget,
+            caller,
+            engine,
+            failures,
+            Progress(progress),
+            max_gap_percent,
+            timeout_s,
+            memory_mb,
         )
-
-        proven = [g for g in gaps if g.proven]
-        if proven:
-            worst = max(proven, key=lambda g: g.relative)
-            report.optimality = {
-                "layers_compared": len(proven),
-                "at_optimum": sum(g.relative <= 1e-12 for g in proven),
-                "mean_gap": statistics.fmean(g.relative for g in proven),
-                "max_gap": worst.relative,
-                "max_gap_peak": worst.peak,
-                "max_gap_optimum": str(worst.optimum),
-            }
-        if caller.failures < GIVE_UP_AFTER:
-            traces_section(caller, report, data, budget, bar)
-        else:
-            report.notes.append(f"stopped after {caller.failures} hangs or crashes of the target")
-        if caller.restarts:
-            report.notes.append(f"the worker process was restarted {caller.restarts} time(s)")
-    refinements: list[
-        tuple[str, str | None, st.SearchStrategy[Any], Callable[[Caller, Any], None]]
-    ] = [
-        ("refinement A", refine_a, count_cases(), check_refinement_a),
-        ("refinement B", refine_b, swap_cases(), check_refinement_b),
-    ]
-    for name, refinement, strategy, property_check in refinements:
-        if refinement is None:
-            continue
-        with IsolatedTarget(refinement, timeout_s) as refiner:
-            examples = budget.contract
-            violation = hunt(name, strategy, partial(property_check, refiner.call), examples, bar)
-        report.checks[name] = f"{examples} examples: " + ("FAIL" if violation else "pass")
-        if violation is not None:
-            report.fail(violation)
+        try:
+            gate_body(run, chosen, data, refine_a, refine_b)
+        except (InternalError, TargetError, ValueError):
+            raise
+        except Exception as error:
+            raise InternalError(
+                f"{type(error).__name__}: {error}\n" + "".join(traceback.format_exception(error))
+            ) from error
+        finally:
+            written, excerpt = caller.output.summary()
+            report.header["target_output"] = {"bytes": written, "excerpt": excerpt}
+            if written:
+                report.notes.append(
+                    f"the target wrote {written} bytes to stdout/stderr (kept in the JSON "
+                    "report, not shown here)"
+                )
     report.seconds = time.perf_counter() - start
     return report
+
+
+def gate_body(
+    run: GateRun,
+    chosen: Collection[str],
+    data: str | None,
+    refine_a: str | None,
+    refine_b: str | None,
+) -> None:
+    report, caller = run.report, run.caller
+    path = target_file(report.target, caller, run.engine)
+    report.header.update(
+        {
+            "versions": package_versions(),
+            "target_file": path,
+            "target_sha256": file_digest(path) if path else "",
+            "budget": f"{run.budget.name} {asdict(run.budget)}; Hypothesis derandomized",
+            "call": describe_call(report.target, run.engine, run.timeout_s, run.memory_mb),
+            "sections": list(chosen),
+        }
+    )
+    first = BalancingProblem([[1.0, 2.0]], 2, 1, 1, 1)
+    try:
+        probe = call_ok(caller.call, first)
+    except Finding as finding:
+        report.record(finding, describe(first))
+    else:
+        report.header["returns"] = probe.returned
+        report.notes.append(f"the target returns {probe.returned}")
+        value = probe.value
+        if not (isinstance(value, (tuple, list)) and len(value) == 3):
+            report.notes.append("log2phy and logcnt are derived from the returned phy2log")
+    run_sections(run, chosen)
+    if "bad-input" in chosen:
+        bad_input_section(run)
+    if "traces" in chosen:
+        if run.gave_up:
+            report.checks["traces"] = "skipped: the target hung or crashed too often"
+        else:
+            traces_section(run, data)
+    refinements = [
+        ("refinement-a", refine_a, count_cases(), check_refinement_a),
+        ("refinement-b", refine_b, swap_cases(), check_refinement_b),
+    ]
+    for name, refinement, strategy, prop in refinements:
+        if refinement is not None and name in chosen:
+            refinement_section(run, name, refinement, strategy, prop)
+    if run.gave_up:
+        report.notes.append(
+            f"stopped calling the target after {run.failures.count} hangs or crashes"
+        )
+        if not report.findings:  # never a pass for a target that could not be checked
+            report.record(
+                Finding("crash", caller.dead or "the target hung or crashed too often"), None
+            )
+    if caller.restarts:
+        report.notes.append(f"the worker process was restarted {caller.restarts} time(s)")
 
 
 def print_report(report: GateReport) -> None:
@@ -409,7 +790,7 @@ def print_report(report: GateReport) -> None:
     if report.bad_inputs:
         print("  bad input handling:")
         for name, outcome in report.bad_inputs.items():
-            print(f"    {name:<40} {outcome}")
+            print(f"    {name:<40} {printable(outcome)}")
     if report.optimality:
         o = report.optimality
         print(
@@ -426,12 +807,44 @@ def print_report(report: GateReport) -> None:
         for t in report.traces:
             print(
                 f"    {t.trace:<26}{t.balancedness:>13.4f}{t.mean_peak_over_lower_bound:>14.4f}"
-                f"{t.max_peak_over_lower_bound:>8.4f}{t.gpus_with_duplicate_replicas:>10}{t.seconds_per_call:>9.3f}"
+                f"{t.max_peak_over_lower_bound:>8.4f}{t.gpus_with_duplicate_replicas:>10}"
+                f"{t.seconds_per_call:>9.3f}"
             )
         print(
-            "    peak/LB: peak GPU load over a certified lower bound on the optimum (1 is optimal)."
+            "    peak/LB: peak GPU load over a certified lower bound on the optimum (1 is optimal);"
+            " s/call: wall time of one isolated call, seen from the gate."
         )
     print(f"  {report.seconds:.1f} s")
+
+
+def write_json(path: str, document: dict[str, Any]) -> None:
+    """Replace ``path`` atomically, so that a reader never sees half a report."""
+    target = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    with os.fdopen(handle, "w") as stream:
+        stream.write(json.dumps(document, indent=2) + "\n")
+    os.replace(temporary, target)
+
+
+@contextlib.contextmanager
+def signals_end_the_run() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run like Ctrl-C: no verdict, workers cleaned up."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError):  # not the main thread
+            previous[sig] = signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def gate_main(
@@ -443,25 +856,56 @@ def gate_main(
     json_path: str | None,
     refine_a: str | None = None,
     refine_b: str | None = None,
+    checks: Collection[str] | None = None,
+    skip: Collection[str] | None = None,
+    memory_mb: int = DEFAULT_MEMORY_MB,
 ) -> int:
+    """The ``eplb-spec gate`` command. Exit status: 0 pass, 1 findings, 2 the target
+    cannot be imported or an argument is wrong, 3 an internal error of the gate,
+    130 interrupted. The JSON report says ``incomplete`` until the run ends, so a run
+    that is killed (by the target, say) never leaves a passing verdict behind."""
+    if json_path:
+        try:
+            write_json(json_path, {"format": 2, "target": target, "verdict": "incomplete"})
+        except OSError as error:
+            print(f"eplb-spec gate: cannot write --json {json_path}: {error}", file=sys.stderr)
+            return EXIT_USAGE
     try:
-        report = run_gate(
-            target,
-            quick=quick,
-            timeout_s=timeout_s,
-            max_gap_percent=max_gap,
-            data=data,
-            progress=True,
-            refine_a=refine_a,
-            refine_b=refine_b,
-        )
+        with signals_end_the_run():
+            report = run_gate(
+                target,
+                quick=quick,
+                timeout_s=timeout_s,
+                max_gap_percent=max_gap,
+                data=data,
+                progress=True,
+                refine_a=refine_a,
+                refine_b=refine_b,
+                checks=checks,
+                skip=skip,
+                memory_mb=memory_mb,
+            )
     except TargetError as error:
-        print(f"eplb-spec gate: cannot use target: {error}", file=sys.stderr)
-        return 2
+        print(f"eplb-spec gate: cannot use target: {printable(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as error:
+        print(f"eplb-spec gate: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except InternalError as error:
+        print(f"eplb-spec gate: INTERNAL ERROR ({BUG_REPORT}):\n{error}", file=sys.stderr)
+        if json_path:
+            write_json(
+                json_path,
+                {"format": 2, "target": target, "verdict": "error", "error": str(error)},
+            )
+        return EXIT_INTERNAL
+    except KeyboardInterrupt as interrupt:
+        print(f"eplb-spec gate: interrupted ({interrupt}); no verdict", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print_report(report)
     if json_path:
-        Path(json_path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    return 0 if report.verdict == "pass" else 1
+        write_json(json_path, report.to_json())
+    return EXIT_PASS if report.verdict == "pass" else EXIT_FAIL
 
 
-__all__ = ["DEFAULT_TARGET", "GateReport", "run_gate"]
+__all__ = ["DEFAULT_TARGET", "SECTIONS", "GateReport", "InternalError", "run_gate"]

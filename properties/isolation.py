@@ -1,138 +1,55 @@
-"""Run a third-party function in a separate process, with a timeout per call.
+"""Call a third-party function in a process of its own, and trust nothing it sends back.
 
-A crash, a hang or a memory blow-up of the target becomes a ``CallFailure`` here; the
-worker process is then replaced, and the caller goes on. Arguments and results travel
-by pickle: tensors are rebuilt in the worker from NumPy arrays with the requested dtype
-and memory layout, and results come back as NumPy arrays.
+The target runs in ``properties.worker``, started as a fresh interpreter in a session of
+its own, with an address-space limit and no core dumps. This side, where every check and
+the verdict are computed, never runs the target's code and never unpickles its data:
+
+- results cross as plain data (``properties.wire``): numbers, strings, lists and NumPy
+  arrays of numeric dtypes; anything else arrives as a marker naming its type, and a
+  message that cannot be decoded is a failure of the call (``undecodable``);
+- a weight tensor is a view of a file this side wrote; after the call this side reads
+  the file back, so whether the target modified its input is decided here;
+- every call has a deadline; a hang, a crash, an undecodable answer or a worker that
+  cannot be restarted is a ``CallFailure``, and the worker is replaced;
+- the worker's stdout and stderr are drained into a bounded buffer, never echoed;
+- the worker and every process it started (found through ``/proc``) are ended when it
+  is replaced and when the target is closed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
-import multiprocessing
-import multiprocessing.connection
+import os
+import select
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from properties.wire import HEADER, MAX_FRAME_BYTES, WireError, decode_frame, write_frame
+from properties.worker import TargetError
 
-class TargetError(Exception):
-    """The target cannot be imported (the gate exits with status 2)."""
+STARTUP_ALLOWANCE_S = 120.0
+"""Time for a fresh interpreter to import NumPy and torch before the target is loaded."""
 
-
-def load_target(target: str) -> Callable[..., Any]:
-    """The function a target names: an engine adapter (``properties.engines``),
-    ``package.module:function``, ``path/to/file.py:function``, or either with
-    ``Class.method`` in place of ``function`` (class and static methods)."""
-    from properties.engines import find_engine
-
-    engine = find_engine(target)
-    if engine is not None:
-        return engine.load()
-    if ":" not in target:
-        raise TargetError(f"target {target!r} must look like module:function or file.py:function")
-    location, _, name = target.rpartition(":")
-    try:
-        if location.endswith(".py") or "/" in location:
-            path = Path(location)
-            if not path.is_file():
-                raise TargetError(f"no file {location!r}")
-            spec = importlib.util.spec_from_file_location(f"eplb_target_{path.stem}", path)
-            if spec is None or spec.loader is None:
-                raise TargetError(f"cannot import {location!r}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(location)
-    except TargetError:
-        raise
-    except Exception as error:  # any import-time failure of third-party code
-        raise TargetError(
-            f"importing {location!r} failed: {type(error).__name__}: {error}"
-        ) from None
-    function: Any = module
-    for part in name.split("."):
-        function = getattr(function, part, None)
-    if not callable(function):
-        raise TargetError(f"{location!r} has no function {name!r}")
-    return function  # type: ignore[no-any-return]
+DEFAULT_MEMORY_MB = 4096
+OUTPUT_KEPT_BYTES = 4096
 
 
 @dataclass(frozen=True)
 class TensorArg:
-    """A weight tensor to rebuild in the worker."""
+    """A weight tensor to hand to the target: values, dtype name and memory layout."""
 
     values: np.ndarray
     dtype: str = "float64"
     contiguous: bool = True
-
-
-def build_tensor(arg: TensorArg) -> Any:
-    import torch
-
-    tensor = torch.from_numpy(np.array(arg.values)).to(getattr(torch, arg.dtype))
-    if not arg.contiguous and tensor.dim() == 2:
-        spread = torch.empty(tensor.shape[1], tensor.shape[0], dtype=tensor.dtype).t()
-        spread.copy_(tensor)
-        tensor = spread
-    return tensor
-
-
-def kinds_of(value: Any) -> str:
-    """What the target returned, in words (``tuple of 3 torch.Tensor``...)."""
-    if isinstance(value, (tuple, list)):
-        inner = sorted({type(v).__module__.split(".")[0] + "." + type(v).__name__ for v in value})
-        return f"{type(value).__name__} of {len(value)} {'/'.join(inner)}"
-    return type(value).__module__.split(".")[0] + "." + type(value).__name__
-
-
-def to_numpy(value: Any) -> Any:
-    """Tensors and arrays (also inside tuples and lists) as NumPy arrays."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        return value.detach().cpu().numpy()
-    if isinstance(value, tuple):
-        return tuple(to_numpy(v) for v in value)
-    if isinstance(value, list):
-        return [to_numpy(v) for v in value]
-    return value
-
-
-def serve(target: str, connection: multiprocessing.connection.Connection) -> None:
-    """Worker loop: import the target, then answer calls until told to stop."""
-    try:
-        function = load_target(target)
-    except TargetError as error:
-        connection.send(("import-error", str(error)))
-        return
-    connection.send(("ready", None))
-    while True:
-        message = connection.recv()
-        if message is None:
-            return
-        args, kwargs = message
-        args = [build_tensor(a) if isinstance(a, TensorArg) else a for a in args]
-        before = [a.clone() if hasattr(a, "clone") else None for a in args]
-        start = time.perf_counter()
-        try:
-            result = function(*args, **kwargs)
-            elapsed = time.perf_counter() - start
-            modified = any(
-                b is not None and not bool((a == b).all())
-                for a, b in zip(args, before, strict=True)
-            )
-            connection.send(("ok", (to_numpy(result), elapsed, modified, kinds_of(result))))
-        except Exception as error:
-            text = "".join(traceback.format_exception_only(type(error), error)).strip()
-            connection.send(("raised", (type(error).__name__, text)))
 
 
 @dataclass(frozen=True)
@@ -145,97 +62,372 @@ class CallResult:
 
 @dataclass(frozen=True)
 class CallFailure:
-    """``kind``: ``raised`` (an exception), ``timeout`` or ``crash``."""
+    """``kind``: ``raised`` (an exception), ``timeout``, ``crash`` or ``undecodable``."""
 
     kind: str
     message: str
     exception_type: str = ""
 
 
+@dataclass
+class FailureCount:
+    """Hangs and crashes of the targets of one gate run, shared by its workers."""
+
+    count: int = 0
+
+
+class OutputSink:
+    """Drains a pipe in a thread; keeps the first and last bytes and counts the rest."""
+
+    def __init__(self, fd: int) -> None:
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self.drain, args=(fd,), daemon=True)
+        self.thread.start()
+
+    def drain(self, fd: int) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := os.read(fd, 1 << 16):
+                with self.lock:
+                    self.total += len(chunk)
+                    room = OUTPUT_KEPT_BYTES - len(self.head)
+                    self.head += chunk[:room]
+                    self.tail = (self.tail + chunk[room:])[-OUTPUT_KEPT_BYTES:]
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+@dataclass
+class Output:
+    """What a target wrote to stdout and stderr, bounded."""
+
+    total_bytes: int = 0
+    excerpt: str = ""
+    sinks: list[OutputSink] = field(default_factory=list)
+
+    def summary(self) -> tuple[int, str]:
+        total = 0
+        parts = []
+        for sink in self.sinks:
+            with sink.lock:
+                total += sink.total
+                text = bytes(sink.head)
+                if sink.total > len(sink.head):
+                    skipped = sink.total - len(sink.head) - len(sink.tail)
+                    text += f"\n[... {skipped} bytes ...]\n".encode() if skipped > 0 else b""
+                    text += bytes(sink.tail)
+            parts.append(text.decode(errors="replace"))
+        return total, "".join(parts)
+
+
+def process_table() -> dict[int, tuple[int, int]]:
+    """``pid -> (parent pid, session id)`` of every process (Linux ``/proc``)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        table[int(entry.name)] = (int(fields[1]), int(fields[3]))
+    return table
+
+
+def descendants(root: int) -> set[int]:
+    """``root``'s descendants, and every process in its session."""
+    table = process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found = {pid for pid, (_, session) in table.items() if session == root}
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    found.discard(root)
+    found.discard(os.getpid())
+    return found
+
+
+def end_process_tree(process: subprocess.Popen[bytes]) -> None:
+    """Stop the worker and every process it started, then kill them all."""
+    pid = process.pid
+    if process.poll() is None and sys.platform.startswith("linux"):
+        stopped: set[int] = set()
+        for _ in range(20):  # stopped processes cannot start more; repeat until stable
+            fresh = descendants(pid) - stopped
+            if not fresh:
+                break
+            for child in fresh:
+                with contextlib.suppress(OSError):
+                    os.kill(child, signal.SIGSTOP)
+            stopped |= fresh
+        for child in stopped:
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        process.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+
+
+def read_frame_until(fd: int, deadline: float) -> Any:
+    """The next frame from ``fd``; TimeoutError past ``deadline``, EOFError when the
+    writer is gone, WireError when what arrives is not a frame."""
+    buffer = bytearray()
+    needed = HEADER.size
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    while len(buffer) < needed:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        if not poller.poll(int(min(left, 1.0) * 1000) + 1):
+            continue
+        chunk = os.read(fd, min(needed - len(buffer), 1 << 20))
+        if not chunk:
+            raise EOFError
+        buffer += chunk
+        if len(buffer) == HEADER.size and needed == HEADER.size:
+            total, _ = HEADER.unpack(bytes(buffer))
+            if not HEADER.size <= total <= MAX_FRAME_BYTES:
+                raise WireError(f"a frame of {total} bytes is outside the limits")
+            needed = total
+    return decode_frame(bytes(buffer))
+
+
+def exit_description(process: subprocess.Popen[bytes]) -> str:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+    code = process.returncode
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by signal {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
 class IsolatedTarget:
     """The target function, called in a worker process with a per-call timeout."""
 
-    def __init__(self, target: str, timeout_s: float) -> None:
-        if not timeout_s > 0:
-            raise ValueError(f"timeout must be positive, got {timeout_s}")
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float,
+        *,
+        memory_mb: int = DEFAULT_MEMORY_MB,
+        failures: FailureCount | None = None,
+    ) -> None:
+        if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < float("inf")):
+            raise ValueError(f"timeout must be a positive finite number, got {timeout_s!r}")
+        if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 256:
+            raise ValueError(f"memory_mb must be an int of at least 256, got {memory_mb!r}")
         self.target = target
-        self.timeout_s = timeout_s
-        self.context = multiprocessing.get_context("spawn")
-        self.process: Any = None
-        self.connection: multiprocessing.connection.Connection | None = None
+        self.timeout_s = float(timeout_s)
+        self.memory_mb = memory_mb
+        self.shared_failures = failures if failures is not None else FailureCount()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.request_fd = -1
+        self.reply_fd = -1
+        self.dead: str | None = None  # why calls can no longer be answered
         self.restarts = 0
-        self.failures = 0  # timeouts and crashes
-        self.start()
+        self.failures = 0  # timeouts and crashes of this target
+        self.resolved_file = ""
+        self.output = Output()
+        self.scratch = Path(tempfile.mkdtemp(prefix="eplb-gate-", dir=shared_memory_dir()))
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def start(self) -> None:
-        parent, child = self.context.Pipe()
-        self.process = self.context.Process(target=serve, args=(self.target, child), daemon=True)
-        self.process.start()
-        child.close()
-        self.connection = parent
-        if not parent.poll(120):
-            self.stop()
-            raise TargetError(f"the worker for {self.target!r} did not start")
+        """A fresh worker with the target imported; TargetError when that fails."""
+        request_read, request_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        output_read, output_write = os.pipe()
+        command = [
+            sys.executable,
+            "-m",
+            "properties.worker",
+            str(request_read),
+            str(reply_write),
+            str(self.memory_mb),
+        ]
         try:
-            kind, payload = parent.recv()
-        except EOFError:
-            raise TargetError(f"the worker for {self.target!r} died while importing it") from None
-        if kind == "import-error":
-            self.stop()
-            raise TargetError(str(payload))
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output_write,
+                stderr=output_write,
+                pass_fds=(request_read, reply_write),
+                start_new_session=True,
+                cwd=os.getcwd(),
+            )
+        finally:
+            for fd in (request_read, reply_write, output_write):
+                os.close(fd)
+        self.request_fd, self.reply_fd = request_write, reply_read
+        self.output.sinks.append(OutputSink(output_read))
+        try:
+            self.expect("started", STARTUP_ALLOWANCE_S, "start")
+            write_frame(self.request_fd, {"target": self.target, "sys_path": list(sys.path)})
+            reply = self.expect("ready", self.timeout_s, "import the target")
+        except TargetError:
+            self.discard_worker()
+            raise
+        self.resolved_file = str(reply.get("file", ""))[:1000]
 
-    def stop(self) -> None:
-        if self.connection is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self.connection.send(None)
-            self.connection.close()
-            self.connection = None
+    def expect(self, status: str, limit_s: float, doing: str) -> dict[str, Any]:
+        assert self.process is not None
+        try:
+            reply = read_frame_until(self.reply_fd, time.monotonic() + limit_s)
+        except TimeoutError:
+            raise TargetError(
+                f"the worker for {self.target!r} did not {doing} within {limit_s:g} s"
+            ) from None
+        except (EOFError, OSError, WireError):
+            raise TargetError(
+                f"the worker for {self.target!r} died before it could {doing} "
+                f"(it {exit_description(self.process)})"
+            ) from None
+        if not isinstance(reply, dict):
+            raise TargetError(f"the worker for {self.target!r} answered out of protocol")
+        if reply.get("status") == "import-error":
+            raise TargetError(str(reply.get("message", "import failed"))[:2000])
+        if reply.get("status") != status:
+            raise TargetError(f"the worker for {self.target!r} answered out of protocol")
+        return reply
+
+    def discard_worker(self) -> None:
+        for fd in (self.request_fd, self.reply_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.request_fd = self.reply_fd = -1
         if self.process is not None:
-            self.process.join(timeout=1)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join()
+            end_process_tree(self.process)
             self.process = None
 
     def restart(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.join()
-            self.process = None
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
+        self.discard_worker()
         self.restarts += 1
-        self.start()
+        try:
+            self.start()
+        except TargetError as error:
+            self.dead = f"the worker could not be restarted: {error}"
 
-    def call(self, *args: Any, **kwargs: Any) -> CallResult | CallFailure:
-        assert self.connection is not None
+    def failed(self, kind: str, message: str) -> CallFailure:
+        self.failures += 1
+        self.shared_failures.count += 1
+        self.restart()
+        return CallFailure(kind, message)
+
+    def write_tensor(self, arg: TensorArg, index: int) -> tuple[dict[str, Any], Path, bytes]:
+        values = np.asarray(arg.values)
+        if values.ndim != 2:
+            raise ValueError("a weight tensor is 2-D")
+        stored = values if arg.contiguous else values.T
+        data = np.ascontiguousarray(stored.astype(np.dtype(arg.dtype))).tobytes()
+        path = self.scratch / f"arg{index}.bin"
+        path.write_bytes(data)
+        spec = {
+            "__tensor__": True,
+            "path": str(path),
+            "dtype": arg.dtype,
+            "shape": list(values.shape),
+            "contiguous": arg.contiguous,
+        }
+        return spec, path, data
+
+    def call(self, *args: Any) -> CallResult | CallFailure:
+        """Call the target on ``args`` (``TensorArg`` for tensors, plain data else)."""
+        if self.dead is not None:
+            return CallFailure("crash", self.dead)
+        assert self.process is not None
+        tensors: list[tuple[Path, bytes]] = []
+        message = []
+        for index, arg in enumerate(args):
+            if isinstance(arg, TensorArg):
+                spec, path, data = self.write_tensor(arg, index)
+                tensors.append((path, data))
+                message.append(spec)
+            else:
+                message.append(arg)
         try:
-            self.connection.send((args, kwargs))
-        except (OSError, ValueError):
+            start = time.perf_counter()
+            try:
+                write_frame(self.request_fd, {"args": message})
+            except OSError:
+                return self.failed(
+                    "crash", f"the worker was gone before the call: it {self.exit_text()}"
+                )
+            try:
+                reply = read_frame_until(self.reply_fd, time.monotonic() + self.timeout_s)
+            except TimeoutError:
+                return self.failed("timeout", f"no answer within {self.timeout_s:g} s")
+            except (EOFError, OSError):
+                return self.failed("crash", f"the worker process died: it {self.exit_text()}")
+            except WireError as error:
+                return self.failed("undecodable", f"the answer cannot be decoded: {error}")
+            seconds = time.perf_counter() - start
+            modified = any(path.read_bytes() != data for path, data in tensors)
+        finally:
+            for path, _ in tensors:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        return self.interpret(reply, seconds, modified)
+
+    def interpret(self, reply: Any, seconds: float, modified: bool) -> CallResult | CallFailure:
+        status = reply.get("status") if isinstance(reply, dict) else None
+        if status == "raised":
+            name = str(reply.get("type", ""))[:200]
+            return CallFailure("raised", str(reply.get("message", ""))[:2000], name)
+        if status == "unencodable":
             self.restart()
-            return CallFailure("crash", "the worker was gone before the call")
-        if not self.connection.poll(self.timeout_s):
-            self.failures += 1
-            self.restart()
-            return CallFailure("timeout", f"no answer within {self.timeout_s:g} s")
-        try:
-            kind, payload = self.connection.recv()
-        except (EOFError, OSError):
-            if self.process is not None:
-                self.process.join(timeout=5)
-            code = self.process.exitcode if self.process is not None else None
-            self.failures += 1
-            self.restart()
-            return CallFailure("crash", f"the worker process died (exit code {code})")
-        if kind == "raised":
-            name, text = payload
-            return CallFailure("raised", text, name)
-        value, seconds, modified, returned = payload
-        return CallResult(value, seconds, modified, returned)
+            return CallFailure(
+                "undecodable", f"the answer is not plain data: {reply.get('message', '')}"[:500]
+            )
+        if status != "ok":
+            return self.failed("undecodable", "the worker answered out of protocol")
+        return CallResult(reply.get("value"), seconds, modified, str(reply.get("returned", "")))
+
+    def exit_text(self) -> str:
+        return "was gone" if self.process is None else exit_description(self.process)
+
+    def close(self) -> None:
+        self.discard_worker()
+        with contextlib.suppress(OSError):
+            for leftover in self.scratch.iterdir():
+                leftover.unlink()
+            self.scratch.rmdir()
 
     def __enter__(self) -> IsolatedTarget:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()
+
+
+def shared_memory_dir() -> str | None:
+    """``/dev/shm`` where it exists (argument files stay in memory), else the default."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+__all__ = [
+    "CallFailure",
+    "CallResult",
+    "FailureCount",
+    "IsolatedTarget",
+    "TargetError",
+    "TensorArg",
+]

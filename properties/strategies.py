@@ -2,8 +2,11 @@
 
 Loads come in styles that stress different parts of a balancer: many zeros, many ties,
 one dominant expert, near-equal loads, a wide dynamic range, and plain random integers
-or floats. Shapes run from one expert on one GPU to a few dozen experts on a dozen GPUs,
-under both the hierarchical and the global policy.
+or floats; and the regime engines meet: token counts in the thousands to billions with
+exact and near ties (where float32 arithmetic and small additive tie-break offsets stop
+separating values), values near the float32 limits, and rows mixing tiny and huge loads.
+Shapes run from one expert on one GPU to a few dozen experts on a dozen GPUs, under both
+the hierarchical and the global policy.
 """
 
 from __future__ import annotations
@@ -28,7 +31,32 @@ LOAD_STYLES = (
     "dominant",
     "near-equal",
     "wide",
+    "large-ties",
+    "float32-extremes",
+    "mixed-magnitudes",
 )
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+@st.composite
+def large_tie_values(draw: st.DrawFn, count: int) -> list[float]:
+    """Hot loads of one scale from 2**11 to 2**40, equal or a few float32 steps below,
+    beside cold loads below 2**11; often the two hottest are equal. Every value is an
+    integer exact in float32."""
+    shift = draw(st.integers(0, 29))
+    mantissa = draw(st.integers(2**11 + 8, 2**12 - 1))
+    choices = st.one_of(
+        st.just(mantissa << shift),
+        st.integers(1, 4).map(lambda d: (mantissa - d) << shift),
+        st.integers(0, 2**11 - 1),
+    )
+    values = draw(st.lists(choices, min_size=count, max_size=count))
+    if count >= 2 and draw(st.booleans()):  # at least two equal hot experts
+        first, second = draw(st.permutations(range(count)))[:2]
+        values[first] = values[second] = mantissa << shift
+    return [float(v) for v in values]
 
 
 @dataclass(frozen=True)
@@ -71,6 +99,17 @@ def load_values(draw: st.DrawFn, count: int, style: str | None = None) -> list[f
         base = float(draw(st.integers(1, 10**6)))
         steps = draw(st.lists(st.integers(-2, 2), min_size=count, max_size=count))
         return [max(0.0, base + s * 2**-20 * base) for s in steps]
+    if chosen == "large-ties":
+        return draw(large_tie_values(count))
+    if chosen == "float32-extremes":
+        near = st.sampled_from(
+            [FLOAT32_MAX, FLOAT32_MAX / 2, FLOAT32_MAX / count, FLOAT32_TINY, 0.0, 1.0]
+        )
+        return draw(st.lists(near, min_size=count, max_size=count))
+    if chosen == "mixed-magnitudes":
+        tiny = st.floats(1e-30, 1e-20)
+        huge = st.floats(1e20, 1e30)
+        return draw(st.lists(st.one_of(tiny, huge, st.just(0.0)), min_size=count, max_size=count))
     exponents = draw(st.lists(st.integers(-30, 30), min_size=count, max_size=count))
     return [float(2.0**e) for e in exponents]
 
@@ -107,13 +146,14 @@ def problems(draw: st.DrawFn, max_layers: int = 3) -> BalancingProblem:
     return BalancingProblem(np.asarray(loads, dtype=np.float64), *cluster.as_tuple())
 
 
-INTEGER_STYLES = ("small-integers", "integers", "zeros", "ties", "dominant")
+INTEGER_STYLES = ("small-integers", "integers", "zeros", "ties", "dominant", "large-ties")
+"""Styles whose values are integers exact in int64, float32 and float64."""
 
 
 @st.composite
 def integer_problems(draw: st.DrawFn, max_layers: int = 3) -> BalancingProblem:
-    """Like ``problems`` with integer loads below 2**24 (exact in float32 too), for
-    comparing integer, float32 and float64 inputs."""
+    """Like ``problems`` with integer loads exact in float32 (below 2**24, or large
+    with few significant bits), for comparing integer, float32 and float64 inputs."""
     experts, cluster = draw(clusters())
     layers = draw(st.integers(1, max_layers))
     loads = [
@@ -124,13 +164,27 @@ def integer_problems(draw: st.DrawFn, max_layers: int = 3) -> BalancingProblem:
 
 @st.composite
 def tiny_problems(draw: st.DrawFn) -> BalancingProblem:
-    """One layer small enough for the exact layer oracle (at most 6 experts, 8 slots)."""
+    """One layer small enough for the exact layer oracle (at most 6 experts, 8 slots);
+    a third of them at token scale with ties (``large-ties``)."""
     experts = draw(st.integers(1, 6))
     _, cluster = draw(
         clusters(num_experts=experts, max_gpus=4).filter(lambda c: c[1].num_replicas <= 8)
     )
-    loads = draw(load_values(experts, draw(st.sampled_from(INTEGER_STYLES))))
+    style = draw(st.sampled_from((*INTEGER_STYLES, "large-ties", "large-ties")))
+    loads = draw(load_values(experts, style))
     return BalancingProblem(np.asarray([loads], dtype=np.float64), *cluster.as_tuple())
+
+
+def engine_regime_examples() -> list[BalancingProblem]:
+    """Hand-picked problems every gate run checks first: two equal hot experts at token
+    scale (2**20, 2**24 + 2**12 and 2**40, where float32 sums and small additive offsets
+    stop separating values), float32's largest values, and tiny beside huge loads."""
+    hot = [2.0**20, 2.0**24 + 2.0**12, 2.0**40]
+    picked = [BalancingProblem([[h, h, 0.0, 7.0]], 4, 1, 1, 2) for h in hot]
+    picked += [BalancingProblem([[h, 3.0, h, 5.0, 1.0, h]], 8, 3, 1, 4) for h in hot[:2]]
+    picked.append(BalancingProblem([[FLOAT32_MAX, FLOAT32_MAX, 1.0, 0.0]], 4, 2, 2, 2))
+    picked.append(BalancingProblem([[1e-30, 1e30, 1e-25, 1e25]], 8, 2, 1, 4))
+    return picked
 
 
 @st.composite

@@ -22,7 +22,7 @@ from oracle.pipeline import optimal_layer
 from oracle.result import Status
 from properties.isolation import CallFailure, CallResult, TensorArg
 from spec.objectives import peak_gpu_load
-from spec.placement import check_placement, placement_from_phy2log
+from spec.placement import as_int_array, check_placement, placement_from_phy2log
 from spec.problem import BalancingProblem
 
 IntArray = npt.NDArray[np.int64]
@@ -30,12 +30,14 @@ Caller = Callable[..., CallResult | CallFailure]
 
 
 class Finding(Exception):
-    """An implementation broke a property; ``check`` names which."""
+    """An implementation broke a property; ``check`` names which, ``code`` the finer
+    cause (a contract violation code, a bad-input case; the check itself otherwise)."""
 
-    def __init__(self, check: str, message: str) -> None:
+    def __init__(self, check: str, message: str, code: str | None = None) -> None:
         super().__init__(f"[{check}] {message}")
         self.check = check
         self.message = message
+        self.code = code or check
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ def read_outputs(result: CallResult, problem: BalancingProblem) -> Outputs:
     raise Finding(
         "contract",
         f"returned {result.returned}; expected (phy2log, log2phy, logcnt) or phy2log alone",
+        "returned-value",
     )
 
 
@@ -84,24 +87,46 @@ def call_ok(
     """Call on a valid problem; a raise, crash or hang is a finding."""
     outcome = call(tensor_arg(problem, dtype, contiguous), *cluster_of(problem))
     if isinstance(outcome, CallFailure):
-        check = {"raised": "raises-on-valid-input", "timeout": "timeout", "crash": "crash"}[
-            outcome.kind
-        ]
-        raise Finding(check, f"on a valid problem: {outcome.message}")
+        check = {
+            "raised": "raises-on-valid-input",
+            "timeout": "timeout",
+            "crash": "crash",
+            "undecodable": "undecodable-result",
+        }[outcome.kind]
+        raise Finding(check, f"on a valid problem: {outcome.message}", outcome.exception_type)
     return outcome
 
 
-def check_contract(call: Caller, problem: BalancingProblem) -> tuple[Outputs, CallResult]:
-    """Valid output, input left alone."""
+def check_contract(
+    call: Caller, problem: BalancingProblem, soft: list[Finding] | None = None
+) -> tuple[Outputs, CallResult]:
+    """Valid output, input left alone.
+
+    With ``soft`` given, a finding about output types only (say int32 where the contract
+    says int64) is appended there and the placement is checked on its values; without
+    it, such a finding is raised like any other. The outputs returned are int64.
+    """
     result = call_ok(call, problem)
     if result.input_modified:
         raise Finding("input-unmodified", "the implementation changed its weight tensor")
     outputs = read_outputs(result, problem)
+    arrays = {}
+    for name in ("phy2log", "log2phy", "logcnt"):
+        array, note = as_int_array(getattr(outputs, name))
+        if array is None:
+            raise Finding("contract", f"[dtype] {name} {note}", "dtype")
+        if note is not None:
+            finding = Finding("dtype", f"{name} {note}", "dtype")
+            if soft is None:
+                raise finding
+            soft.append(finding)
+        arrays[name] = array
+    outputs = Outputs(**arrays, derived=outputs.derived, returned=outputs.returned)
     violations = check_placement(problem, outputs.phy2log, outputs.log2phy, outputs.logcnt)
     if violations:
         listed = "; ".join(str(v) for v in violations[:3])
         more = f" (+{len(violations) - 3} more)" if len(violations) > 3 else ""
-        raise Finding("contract", listed + more)
+        raise Finding("contract", listed + more, violations[0].code.value)
     return outputs, result
 
 
@@ -174,15 +199,19 @@ def check_bad_input(call: Caller, case: BadInput) -> str:
     if isinstance(outcome, CallFailure):
         if outcome.kind == "raised":
             return f"rejected ({outcome.exception_type})"
-        raise Finding("bad-input", f"{case.name}: {outcome.kind}: {outcome.message}")
+        raise Finding("bad-input", f"{case.name}: {outcome.kind}: {outcome.message}", case.name)
     if case.structural:
-        raise Finding("bad-input", f"{case.name}: returned a placement although none can be valid")
+        raise Finding(
+            "bad-input", f"{case.name}: returned a placement although none can be valid", case.name
+        )
     loads = np.nan_to_num(case.weight.values, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
     problem = BalancingProblem(loads, *case.cluster)
     outputs = read_outputs(outcome, problem)
     violations = check_placement(problem, outputs.phy2log, outputs.log2phy, outputs.logcnt)
     if violations:
-        raise Finding("bad-input", f"{case.name}: returned an invalid placement: {violations[0]}")
+        raise Finding(
+            "bad-input", f"{case.name}: returned an invalid placement: {violations[0]}", case.name
+        )
     return "returned a valid placement"
 
 
@@ -200,12 +229,15 @@ class Gap:
 
 
 def check_optimality(
-    call: Caller, problem: BalancingProblem, max_gap_percent: float | None
+    call: Caller,
+    problem: BalancingProblem,
+    max_gap_percent: float | None,
+    soft: list[Finding] | None = None,
 ) -> list[Gap]:
     """Per layer: the peak is never below the proven bound (that would mean a bug in the
     implementation's output or in the oracle), and within ``max_gap_percent`` of the
     optimum when a limit is set."""
-    outputs, _ = check_contract(call, problem)
+    outputs, _ = check_contract(call, problem, soft)
     peaks = peak_gpu_load(
         problem.loads, np.asarray(outputs.phy2log), np.asarray(outputs.logcnt), problem.num_gpus
     )
@@ -295,13 +327,23 @@ def check_refinement_b(call: Caller, case: SwapCase) -> None:
 
 
 def in_process(function: Callable[..., Any]) -> Caller:
-    """A ``Caller`` that runs ``function`` in this process (for tests): no isolation,
-    the same argument handling and result conversion as the gate's worker."""
-    from properties.isolation import build_tensor, kinds_of, to_numpy
+    """A ``Caller`` that runs ``function`` in this process (for tests, no isolation):
+    the same tensors as the gate's worker builds, and the result passed through the
+    same plain-data encoding (``properties.wire``) the gate decodes."""
+    import torch
+
+    from properties.wire import decode_frame, encode
+    from properties.worker import kinds_of
+
+    def build(arg: TensorArg) -> torch.Tensor:
+        values = np.asarray(arg.values)
+        stored = values if arg.contiguous else values.T
+        tensor = torch.from_numpy(np.ascontiguousarray(stored.astype(np.dtype(arg.dtype))))
+        return tensor if arg.contiguous else tensor.t()
 
     def call(*args: Any) -> CallResult | CallFailure:
-        built = [build_tensor(a) if isinstance(a, TensorArg) else a for a in args]
-        before = [a.clone() if hasattr(a, "clone") else None for a in built]
+        built = [build(a) if isinstance(a, TensorArg) else a for a in args]
+        before = [a.clone() if isinstance(a, torch.Tensor) else None for a in built]
         start = time.perf_counter()
         try:
             value = function(*built)
@@ -309,8 +351,8 @@ def in_process(function: Callable[..., Any]) -> Caller:
             return CallFailure("raised", f"{type(error).__name__}: {error}", type(error).__name__)
         seconds = time.perf_counter() - start
         modified = any(
-            b is not None and not bool((a == b).all()) for a, b in zip(built, before, strict=True)
+            b is not None and not torch.equal(a, b) for a, b in zip(built, before, strict=True)
         )
-        return CallResult(to_numpy(value), seconds, modified, kinds_of(value))
+        return CallResult(decode_frame(encode(value)), seconds, modified, kinds_of(value))
 
     return call

@@ -3,13 +3,15 @@ with the right check."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
+from properties import gate
 from properties.cli import main
-from properties.gate import GateReport, run_gate
+from properties.gate import SECTIONS, GateReport, run_gate
 
 BROKEN = str(Path(__file__).parent / "targets" / "broken.py")
 
@@ -38,8 +40,8 @@ def test_gate_passes_the_reference_refinements() -> None:
         refine_b="impl:refine_swap_lists",
     )
     assert report.verdict == "pass", report.summary()
-    assert "refinement A" in report.checks
-    assert "refinement B" in report.checks
+    assert "refinement-a" in report.checks
+    assert "refinement-b" in report.checks
 
 
 @pytest.mark.parametrize(
@@ -107,3 +109,69 @@ def test_gate_command_exit_codes_and_json(
     assert "cannot use target" in capsys.readouterr().err
     assert main(["gate", "--quick", "--impl", f"{BROKEN}:no_such_function"]) == 2
     assert main(["gate", "--timeout", "0"]) == 2
+
+
+def test_gate_sees_a_tie_bug_at_token_scale_as_a_100_percent_gap() -> None:
+    target = f"{BROKEN}:stacks_equal_hot_experts"
+    report = run_gate(target, quick=True, checks=["contract", "optimality"])
+    assert report.verdict == "pass", report.summary()  # valid placements, just bad ones
+    assert report.optimality["max_gap"] > 0.99
+    strict = run_gate(target, quick=True, checks=["optimality"], max_gap_percent=50)
+    assert checks_failed(strict) == {"max-gap"}
+    assert "100.00% above the optimum" in strict.findings[0].message
+
+
+def test_one_cause_is_one_finding_with_a_count_and_the_smallest_input() -> None:
+    report = run_gate(f"{BROKEN}:wrong_count", quick=True)
+    contract = [f for f in report.findings if f.check == "contract"]
+    assert len(contract) == 1, report.summary()
+    assert contract[0].code == "count-sum"
+    assert contract[0].count >= 3  # the contract and optimality sections and the traces
+    assert contract[0].input is not None
+    assert "weight" in contract[0].input  # a generated problem is smaller than a trace
+
+
+def test_sections_can_be_chosen_and_unknown_names_are_refused() -> None:
+    report = run_gate("impl:rebalance_experts", quick=True, checks=["bad-input", "traces"])
+    assert set(report.checks) == {"bad-input", "traces"}
+    report = run_gate("impl:rebalance_experts", quick=True, skip=[*SECTIONS[:-2]])
+    assert report.checks == {}
+    with pytest.raises(ValueError, match="unknown section"):
+        run_gate("impl:rebalance_experts", checks=["contracts"])
+    assert main(["gate", "--checks", "contract,nonsense"]) == 2
+
+
+def test_report_header_names_versions_the_target_file_and_its_hash(tmp_path: Path) -> None:
+    report = run_gate(f"{BROKEN}:reference", quick=True, checks=["bad-input"])
+    header = report.header
+    assert {"python", "eplb-spec", "torch", "numpy", "hypothesis", "ortools"} <= set(
+        header["versions"]
+    )
+    assert header["target_file"] == str(Path(BROKEN).resolve())
+    assert header["target_sha256"] == hashlib.sha256(Path(BROKEN).read_bytes()).hexdigest()
+    assert "quick" in header["budget"]
+    assert "own process" in header["call"]
+    module = run_gate("impl:rebalance_experts", quick=True, checks=["bad-input"])
+    assert module.header["target_file"].endswith("impl/balancer.py")
+
+
+def test_a_fault_of_the_gate_is_an_internal_error_never_a_finding(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    def broken_check(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the suite")
+
+    monkeypatch.setattr(gate, "check_contract", broken_check)
+    with pytest.raises(gate.InternalError, match="a bug in the suite"):
+        run_gate("impl:rebalance_experts", quick=True, checks=["contract"])
+    out = tmp_path / "r.json"
+    command = ["gate", "--quick", "--checks", "contract", "--json", str(out)]
+    assert main(command) == 3
+    assert "please report it" in capsys.readouterr().err
+    assert json.loads(out.read_text())["verdict"] == "error"
+
+
+def test_command_line_values_are_checked_before_any_work(tmp_path: Path) -> None:
+    assert main(["gate", "--timeout", "inf"]) == 2
+    assert main(["gate", "--max-gap", "nan"]) == 2
+    assert main(["gate", "--json", str(tmp_path / "no" / "such" / "dir" / "r.json")]) == 2

@@ -135,3 +135,33 @@ def refinement_raises_peak(
     new_gpu[a], new_gpu[b] = light, heavy
     new_rank[a], new_rank[b] = rank[b], rank[a]
     return new_gpu, new_rank
+
+
+def stacks_equal_hot_experts(weight: torch.Tensor, r: int, g: int, n: int, p: int) -> Outputs:
+    """A tie bug that shows only at token scale: when the two hottest experts of a layer
+    have the same load of at least 2**11, both end up on one GPU."""
+    phy2log, _, logcnt = reference(weight, r, g, n, p)
+    cap = r // p
+    per_node = r // n if g % n == 0 else r
+    for layer in range(weight.shape[0]):
+        top = torch.topk(weight[layer].double(), min(2, weight.shape[1]))
+        if len(top.values) < 2 or top.values[0] != top.values[1] or top.values[0] < 2**11:
+            continue
+        a, b = (int(i) for i in top.indices)
+        row = phy2log[layer].tolist()
+        slot_a, slot_b = row.index(a), row.index(b)
+        gpu_a = slot_a // cap
+        partner = next(
+            (s for s in range(gpu_a * cap, (gpu_a + 1) * cap) if row[s] not in (a, b)), None
+        )
+        if partner is None or slot_b // cap == gpu_a or partner // per_node != slot_b // per_node:
+            continue
+        row[partner], row[slot_b] = row[slot_b], row[partner]
+        phy2log[layer] = torch.tensor(row)
+    log2phy = torch.full((weight.shape[0], weight.shape[1], r - weight.shape[1] + 1), -1)
+    for layer in range(weight.shape[0]):
+        seen = [0] * weight.shape[1]
+        for slot, expert in enumerate(phy2log[layer].tolist()):
+            log2phy[layer, expert, seen[expert]] = slot
+            seen[expert] += 1
+    return phy2log, log2phy, logcnt
