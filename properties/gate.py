@@ -36,9 +36,10 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis import target as steer_towards
+from hypothesis.control import currently_in_test_context
 from hypothesis.errors import Flaky
 
 from oracle.pipeline import layer_lower_bound
@@ -313,13 +314,13 @@ def hunt(
     check: Callable[[Any, Hunt], None],
     examples: int,
     progress: Progress,
-    first: Sequence[Any] = (),
+    hand_picked: Sequence[Any] = (),
 ) -> Hunt:
     """Run ``check`` on ``examples`` generated cases. On a finding, Hypothesis shrinks it
     to the smallest failing case (a hang or crash is kept as first met, to save the time
     each further call would cost). ``check`` sees the ``Hunt`` so that it can record
     only what it observes before the first failure (shrinking replays are not examples).
-    ``first``: cases checked before the generated ones.
+    ``hand_picked``: cases checked after the generated ones, when those all passed.
     """
     state = Hunt(examples)
     last: list[Any] = []
@@ -353,8 +354,6 @@ def hunt(
         if not state.failed:
             state.checked += 1
 
-    for case in reversed(first):
-        run = example(case)(run)
     progress.show(name, 0, examples)
     try:
         run()
@@ -376,6 +375,14 @@ def hunt(
         ) from error
     finally:
         progress.end()
+    for case in hand_picked if not state.failed else ():
+        try:
+            check(case, state)
+        except Finding as finding:
+            state.failed_at = state.checked + 1
+            state.finding, state.input = finding, describe_case(case)
+            break
+        state.checked += 1
     return state
 
 
@@ -457,7 +464,8 @@ def run_sections(run: GateRun, chosen: Collection[str]) -> None:
         found = check_optimality(call, problem, run.max_gap_percent, SoftFindings(state, problem))
         if not state.failed:
             run.gaps.extend(found)
-        steer_towards(max((g.relative for g in found), default=0.0), label="gap to the optimum")
+        if currently_in_test_context():  # not for the hand-picked problems
+            steer_towards(max((g.relative for g in found), default=0.0), label="gap to optimum")
 
     sections: list[
         tuple[str, st.SearchStrategy[BalancingProblem], Callable[[BalancingProblem, Hunt], None]]
@@ -479,8 +487,8 @@ def run_sections(run: GateRun, chosen: Collection[str]) -> None:
         if run.gave_up:
             run.report.checks[name] = "skipped: the target hung or crashed too often"
             continue
-        first = engine_regime_examples() if name in ("contract", "optimality") else []
-        state = hunt(name, strategy, run.guarded(check), examples[name], run.progress, first)
+        picked = engine_regime_examples() if name in ("contract", "optimality") else []
+        state = hunt(name, strategy, run.guarded(check), examples[name], run.progress, picked)
         run.finish_hunt(name, state)
     summarise_gaps(run)
 
