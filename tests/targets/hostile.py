@@ -105,15 +105,21 @@ def raises_a_spoof(weight: torch.Tensor, r: int, g: int, n: int, p: int) -> Outp
     raise ValueError(f"\x1b[2J\n{FAKE_VERDICT}\n")
 
 
+SPAWNED = [False]
+
+
 def spawns_a_daemon(weight: torch.Tensor, r: int, g: int, n: int, p: int) -> Outputs:
-    """Leaves a detached grandchild behind (double fork, new session)."""
-    if os.fork() == 0:
+    """Leaves a detached grandchild behind (double fork, new session), once."""
+    if not SPAWNED[0] and os.fork() == 0:
         os.setsid()
         if os.fork() == 0:
             Path(EVIDENCE).write_text(str(os.getpid()))
             time.sleep(600)
         os._exit(0)
-    time.sleep(0.2)
+    if not SPAWNED[0]:
+        SPAWNED[0] = True
+        while not Path(EVIDENCE).exists():
+            time.sleep(0.01)
     return reference(weight, r, g, n, p)
 
 
