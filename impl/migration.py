@@ -48,24 +48,28 @@ def relabel_costs(
     layer, so the sum over any assignment ranks assignments the same way.
     """
     num_layers, num_replicas = new.shape
-    old = gpu_expert_counts(previous, num_gpus, num_experts)
-    fresh = gpu_expert_counts(new, num_gpus, num_experts)
+    old = gpu_expert_counts(previous, num_gpus, num_experts).astype(np.float64)
+    fresh = gpu_expert_counts(new, num_gpus, num_experts).astype(np.float64)
     old_held = (old > 0).astype(np.float64)
     new_held = (fresh > 0).astype(np.float64)
-    distinct = new_held.sum(-1)
-    transfers = distinct[:, :, None] - np.einsum("lhe,lge->lhg", new_held, old_held)
+
+    def pairs(first: npt.NDArray[np.float64], second: npt.NDArray[np.float64]) -> IntArray:
+        """``[L, H, G]``: ``sum_e first[l, h, e] * second[l, g, e]`` (exact small integers)."""
+        result: IntArray = np.matmul(first, second.transpose(0, 2, 1)).round().astype(np.int64)
+        return result
+
+    distinct = new_held.sum(-1).astype(np.int64)
+    transfers = distinct[:, :, None] - pairs(new_held, old_held)
     per_node = num_gpus // num_nodes
     node_held = old_held.reshape(num_layers, num_nodes, per_node, num_experts).max(2)
-    inter = distinct[:, :, None] - np.einsum("lhe,lme->lhm", new_held, node_held)
-    inter = np.repeat(inter, per_node, axis=2)
-    local = np.empty((num_layers, num_gpus, num_gpus), dtype=np.int64)
-    for layer in range(num_layers):
-        surplus = np.maximum(fresh[layer][:, None, :] - old[layer][None, :, :], 0)
-        local[layer] = (surplus * (old[layer] > 0)[None, :, :]).sum(-1)
+    inter = np.repeat(distinct[:, :, None] - pairs(new_held, node_held), per_node, axis=2)
+    # Local slot moves after slot preservation: sum_e [old > 0] * max(0, new - old), with
+    # min(new, old) = sum_k [new >= k] * [old >= k].
+    local = pairs(fresh, old_held)
+    for k in range(1, int(min(fresh.max(), old.max())) + 1):
+        local -= pairs((fresh >= k).astype(np.float64), (old >= k).astype(np.float64))
     weight = num_replicas + 1
-    result: IntArray = (
-        transfers.round().astype(np.int64) * weight + inter.round().astype(np.int64)
-    ) * weight + local
+    result: IntArray = (transfers * weight + inter) * weight + local
     return result
 
 
@@ -253,11 +257,14 @@ def schedule_transfers(
     num_batches = np.zeros(num_layers, dtype=np.int64)
     for layer in range(num_layers):
         wanted = [(int(g), int(e)) for g, e in np.argwhere(needed[layer])]
+        holders: dict[int, list[int]] = {}
+        for gpu, expert in np.argwhere(old_held[layer]).tolist():
+            holders.setdefault(expert, []).append(gpu)
         options: dict[tuple[int, int], list[int]] = {}
         for destination, expert in wanted:
-            holders = np.flatnonzero(old_held[layer, :, expert])
-            near = holders[holders // per_node == destination // per_node]
-            options[(destination, expert)] = (near if near.size else holders).tolist()
+            node = destination // per_node
+            near = [g for g in holders[expert] if g // per_node == node]
+            options[(destination, expert)] = near or holders[expert]
         peers: list[set[int]] = [set() for _ in range(num_gpus)]
         sends = [0] * num_gpus
         by_pair: dict[tuple[int, int], list[tuple[int, int, int]]] = {}

@@ -31,8 +31,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from spec.placement import check_placement, placement_from_phy2log
-from spec.problem import BalancingProblem
+from spec.placement import Violation, ViolationCode
+from spec.problem import BalancingProblem, Policy
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -93,8 +93,13 @@ def phy2log_array(value: object, name: str) -> IntArray:
 
 def validate_placement(problem: BalancingProblem, value: object, name: str) -> IntArray:
     """``value`` as an int64 ``[L, R]`` array after checking that it is a valid placement of
-    ``problem``'s cluster (every expert held, ids in range, groups kept on one node);
-    TypeError or ValueError naming ``name`` otherwise."""
+    ``problem``'s cluster; TypeError or ValueError naming ``name`` otherwise.
+
+    A ``phy2log`` is valid exactly when its ids are experts, every expert has a slot and,
+    under the hierarchical policy, every group's slots lie on one node: the ``log2phy``
+    and ``logcnt`` derived from it then pass ``check_placement`` (vectorised here, as
+    real placements are checked on every rebalance).
+    """
     array = phy2log_array(value, name)
     expected = (problem.num_layers, problem.num_replicas)
     if array.shape != expected:
@@ -106,10 +111,38 @@ def validate_placement(problem: BalancingProblem, value: object, name: str) -> I
             f"{name}[{layer}, {slot}] = {array[layer, slot]} is not an expert id in "
             f"[0, {problem.num_experts})"
         )
-    log2phy, logcnt = placement_from_phy2log(array, problem.num_experts)
-    violations = check_placement(problem, array, log2phy, logcnt)
-    if violations:
-        raise ValueError(f"{name} is not a valid placement of this cluster: {violations[0]}")
+    num_layers, num_experts = problem.num_layers, problem.num_experts
+    layer_base = np.arange(num_layers)[:, None]
+    cells = num_layers * num_experts
+    counts = np.bincount((layer_base * num_experts + array).ravel(), minlength=cells)
+    missing = np.argwhere(counts.reshape(num_layers, num_experts) == 0)
+    violation: Violation | None = None
+    if missing.size:
+        layer, expert = (int(i) for i in missing[0])
+        violation = Violation(
+            ViolationCode.COUNT_BELOW_ONE,
+            f"expert {expert} has no slot; every expert needs at least one replica",
+            layer,
+        )
+    elif problem.policy is Policy.HIERARCHICAL:
+        groups = problem.num_groups
+        key = (layer_base * groups + array // problem.group_size).ravel()
+        node = np.tile(np.arange(problem.num_replicas) // problem.slots_per_node, num_layers)
+        lowest = np.full(num_layers * groups, problem.num_nodes, dtype=np.int64)
+        highest = np.full(num_layers * groups, -1, dtype=np.int64)
+        np.minimum.at(lowest, key, node)
+        np.maximum.at(highest, key, node)
+        split = np.flatnonzero(lowest != highest)
+        if split.size:
+            layer, group = divmod(int(split[0]), groups)
+            violation = Violation(
+                ViolationCode.GROUP_SPLIT,
+                f"group {group} has replicas on nodes {lowest[split[0]]} and "
+                f"{highest[split[0]]}; under the hierarchical policy a group stays on one node",
+                layer,
+            )
+    if violation is not None:
+        raise ValueError(f"{name} is not a valid placement of this cluster: {violation}")
     return array
 
 
@@ -306,6 +339,11 @@ def check_rebalance(
                 )
             )
     if fewest_transfers is not None:
+        if np.shape(fewest_transfers) != (problem.num_layers,):
+            raise ValueError(
+                f"fewest_transfers must have shape ({problem.num_layers},), "
+                f"got {np.shape(fewest_transfers)}"
+            )
         counts = count_transfers(
             old, new, num_experts=problem.num_experts, num_gpus=problem.num_gpus
         ).per_layer

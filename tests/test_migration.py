@@ -41,8 +41,10 @@ from spec import (
     link_counts,
     network_nodes,
     same_gpu_loads,
+    validate_placement,
 )
 from spec.migration import exact_gpu_loads, gpu_expert_counts
+from spec.placement import placement_from_phy2log
 
 IntArray = npt.NDArray[np.int64]
 
@@ -530,6 +532,27 @@ def test_bad_previous_is_rejected_naming_the_parameter(
     with pytest.raises(error) as raised:
         rebalance_experts(weight, 16, 4, 2, 4, previous=previous)  # type: ignore[arg-type]
     assert text in str(raised.value)
+
+
+@given(rebalance_cases(max_gpus=6, max_layers=2), st.data())
+@settings(max_examples=60)
+def test_the_fast_placement_check_agrees_with_check_placement(
+    case: tuple[BalancingProblem, IntArray, IntArray], data: st.DataObject
+) -> None:
+    problem, old, _ = case
+    rows = old.copy()
+    for _ in range(data.draw(st.integers(0, 2))):  # corrupt a few slots (ids stay valid)
+        layer = data.draw(st.integers(0, problem.num_layers - 1))
+        slot = data.draw(st.integers(0, problem.num_replicas - 1))
+        rows[layer, slot] = data.draw(st.integers(0, problem.num_experts - 1))
+    log2phy, logcnt = placement_from_phy2log(rows, problem.num_experts)
+    expected = check_placement(problem, rows, log2phy, logcnt)
+    if expected:
+        with pytest.raises(ValueError, match="previous is not a valid placement") as raised:
+            validate_placement(problem, rows, "previous")
+        assert any(v.code.value in str(raised.value) for v in expected)
+    else:
+        assert np.array_equal(validate_placement(problem, rows, "previous"), rows)
 
 
 # ---------------------------------------------------------------------------------------
