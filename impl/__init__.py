@@ -10,6 +10,13 @@ from impl.balancer import (
     rebalance_experts_baseline,
     rebalance_experts_fast,
 )
+from impl.migration import (
+    Migration,
+    keep_slots,
+    migrate,
+    relabel_gpus,
+    schedule_transfers,
+)
 from impl.steps import (
     Packing,
     pack_balanced,
@@ -23,8 +30,11 @@ from impl.steps import (
 
 __all__ = [
     "BalanceResult",
+    "Migration",
     "Packing",
     "balance",
+    "keep_slots",
+    "migrate",
     "pack_balanced",
     "pack_diverse",
     "rebalance_experts",
@@ -33,6 +43,8 @@ __all__ = [
     "refine_counts",
     "refine_swap",
     "refine_swap_lists",
+    "relabel_gpus",
     "replicate_greedy",
+    "schedule_transfers",
     "water_fill",
 ]

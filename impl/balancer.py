@@ -8,13 +8,14 @@ refinement acted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from impl.fast import balance_arrays
+from impl.migration import migrate, move_log2phy
 from impl.steps import (
     Packing,
     layout_by_expert,
@@ -26,7 +27,8 @@ from impl.steps import (
     sum_left_to_right,
     water_fill,
 )
-from spec.problem import BalancingProblem
+from spec.migration import network_nodes, validate_placement
+from spec.problem import BalancingProblem, Policy
 
 Variant = Literal["seed", "baseline"]
 VARIANTS: tuple[Variant, ...] = ("seed", "baseline")
@@ -106,6 +108,7 @@ def balance(
     refine_b: bool = True,
     fast: bool = False,
     threads: int | None = None,
+    previous: object = None,
 ) -> BalanceResult:
     """Run the balancer of ``shared/ALGORITHMS.md`` (or its baseline) on ``problem``.
 
@@ -113,8 +116,45 @@ def balance(
     baseline has none and ignores them. ``fast=True`` runs the compiled implementation
     in ``impl.fast``, whose output is identical; ``threads`` caps its threads (default:
     the CPUs available, at most 8; the result does not depend on it).
+
+    ``previous`` (a ``phy2log`` ``[L, R]`` of the same cluster) asks for a rebalance from
+    that placement: the stateless answer's GPUs are relabeled for the fewest transfers
+    and experts that stay on a GPU keep their slot (``impl.migration.migrate``); the
+    GPU loads are those of the stateless answer, up to that relabeling.
     """
     check_options(variant, None, None)
+    old = None if previous is None else validate_placement(problem, previous, "previous")
+    result = _balance_stateless(problem, variant, refine_a, refine_b, fast, threads)
+    if old is None:
+        return result
+    hierarchical = problem.policy is Policy.HIERARCHICAL
+    moved = migrate(
+        old,
+        result.phy2log,
+        num_experts=problem.num_experts,
+        num_gpus=problem.num_gpus,
+        num_nodes=network_nodes(problem),
+        keep_nodes=hierarchical,
+    )
+    log2phy = move_log2phy(result.log2phy, moved.slot_of)
+    counts_refined, replicas_swapped = result.counts_refined, result.replicas_swapped
+    if hierarchical:
+        node_of = moved.gpu_of[:, :: problem.gpus_per_node] // problem.gpus_per_node
+        counts_refined = np.empty_like(counts_refined)
+        replicas_swapped = np.empty_like(replicas_swapped)
+        np.put_along_axis(counts_refined, node_of, result.counts_refined, axis=1)
+        np.put_along_axis(replicas_swapped, node_of, result.replicas_swapped, axis=1)
+    return BalanceResult(moved.phy2log, log2phy, result.logcnt, counts_refined, replicas_swapped)
+
+
+def _balance_stateless(
+    problem: BalancingProblem,
+    variant: Variant,
+    refine_a: bool,
+    refine_b: bool,
+    fast: bool,
+    threads: int | None,
+) -> BalanceResult:
     if fast:
         arrays = balance_arrays(
             problem.loads,
@@ -182,6 +222,7 @@ def rebalance_experts(
     refine_a: bool | None = None,
     refine_b: bool | None = None,
     fast: bool = False,
+    previous: torch.Tensor | npt.NDArray[np.integer[Any]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Place ``num_replicas`` expert replicas per layer on ``num_gpus`` GPUs.
 
@@ -192,6 +233,12 @@ def rebalance_experts(
     DeepSeek-style balancer it refines. Bad input raises ValueError or TypeError naming
     the parameter. ``fast=True`` gives the identical answer from the compiled
     implementation (``impl.fast``), which handles all (layer, node) rows in one pass.
+
+    ``previous``, the ``phy2log`` this cluster runs now (``[L, R]``, integer ids, a
+    valid placement), makes it a rebalance: the same GPU loads as without it, up to a
+    relabeling of the GPUs (nodes onto nodes under the hierarchical policy) chosen for
+    the fewest transfers, and every expert that stays on a GPU keeps its slot.
+    ``impl.schedule_transfers(previous, phy2log, ...)`` then says what to send when.
     """
     chosen = check_options(variant, refine_a, refine_b)
     if not isinstance(fast, bool):
@@ -203,6 +250,7 @@ def rebalance_experts(
         refine_a=refine_a is not False and chosen == "seed",
         refine_b=refine_b is not False and chosen == "seed",
         fast=fast,
+        previous=previous,
     )
     return (
         torch.from_numpy(result.phy2log),
@@ -212,16 +260,36 @@ def rebalance_experts(
 
 
 def rebalance_experts_baseline(
-    weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int
+    weight: torch.Tensor,
+    num_replicas: int,
+    num_groups: int,
+    num_nodes: int,
+    num_gpus: int,
+    *,
+    previous: torch.Tensor | npt.NDArray[np.integer[Any]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``rebalance_experts(..., variant="baseline")`` with DeepSeek's plain signature."""
     return rebalance_experts(
-        weight, num_replicas, num_groups, num_nodes, num_gpus, variant="baseline"
+        weight,
+        num_replicas,
+        num_groups,
+        num_nodes,
+        num_gpus,
+        variant="baseline",
+        previous=previous,
     )
 
 
 def rebalance_experts_fast(
-    weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int
+    weight: torch.Tensor,
+    num_replicas: int,
+    num_groups: int,
+    num_nodes: int,
+    num_gpus: int,
+    *,
+    previous: torch.Tensor | npt.NDArray[np.integer[Any]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``rebalance_experts(..., fast=True)`` with DeepSeek's plain signature."""
-    return rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, fast=True)
+    return rebalance_experts(
+        weight, num_replicas, num_groups, num_nodes, num_gpus, fast=True, previous=previous
+    )
