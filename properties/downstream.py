@@ -43,6 +43,7 @@ class KnownFinding:
     code: str
     reproduction: str | None  # a script in the expected file's folder, or None
     note: str
+    thorough_only: bool = False  # the quick gate may miss it
 
     @property
     def key(self) -> FindingKey:
@@ -102,33 +103,48 @@ def load_expected(path: Path = EXPECTED_FILE) -> dict[str, list[KnownFinding]]:
                     str(entry["code"]),
                     entry.get("reproduction"),
                     str(entry.get("note", "")),
+                    bool(entry.get("thorough_only", False)),
                 )
             )
         expected[target] = known
     return expected
 
 
-def compare(target: str, found: set[FindingKey], known: Sequence[KnownFinding]) -> Comparison:
+def compare(
+    target: str, found: set[FindingKey], known: Sequence[KnownFinding], thorough: bool = True
+) -> Comparison:
+    """What appeared and what disappeared; a quick run need not report the findings
+    marked ``thorough_only``."""
     expected = {k.key for k in known}
-    return Comparison(target, frozenset(found - expected), frozenset(expected - found))
+    required = {k.key for k in known if thorough or not k.thorough_only}
+    return Comparison(target, frozenset(found - expected), frozenset(required - found))
 
 
 def write_expected(
-    path: Path, found: Mapping[str, set[FindingKey]], previous: Mapping[str, list[KnownFinding]]
+    path: Path,
+    found: Mapping[str, set[FindingKey]],
+    previous: Mapping[str, list[KnownFinding]],
+    thorough: bool = True,
 ) -> None:
-    """Rewrite the expected findings from ``found``, keeping the notes and reproductions
-    of findings that were already known; targets not in ``found`` are kept as they are."""
+    """Rewrite the expected findings from ``found``, keeping the notes, reproductions and
+    marks of findings that were already known (and, after a quick run, the known
+    ``thorough_only`` ones); targets not in ``found`` are kept as they are."""
     targets: dict[str, list[dict[str, Any]]] = {}
     for target in sorted(set(previous) | set(found)):
         old = {k.key: k for k in previous.get(target, [])}
-        keys = sorted(found[target]) if target in found else sorted(old)
+        keys = set(found[target]) if target in found else set(old)
+        if not thorough:
+            keys |= {key for key, k in old.items() if k.thorough_only}
         entries = []
-        for check, code in keys:
+        for check, code in sorted(keys):
             entry: dict[str, Any] = {"check": check, "code": code}
             if (check, code) in old:
-                if old[(check, code)].reproduction:
-                    entry["reproduction"] = old[(check, code)].reproduction
-                entry["note"] = old[(check, code)].note
+                known = old[(check, code)]
+                if known.reproduction:
+                    entry["reproduction"] = known.reproduction
+                entry["note"] = known.note
+                if known.thorough_only:
+                    entry["thorough_only"] = True
             else:
                 entry["note"] = "NEW: describe it, and add a reproduction or say why none"
             entries.append(entry)
@@ -201,14 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         found[target_key(target)] = findings_of(json.loads(report.read_text()))
 
     if args.update:
-        write_expected(args.expected, found, expected)
+        write_expected(args.expected, found, expected, args.thorough)
         print(f"downstream: wrote {args.expected}")
         expected = load_expected(args.expected)
 
     failures = list(broken)
     print("\ndownstream findings, against " + str(args.expected))
     for key, keys in found.items():
-        result = compare(key, keys, expected.get(key, []))
+        result = compare(key, keys, expected.get(key, []), args.thorough)
         state = "as expected" if result.matches else "CHANGED"
         print(f"  {key:<40} {len(keys)} finding(s), {state}")
         for check, code in sorted(result.appeared):

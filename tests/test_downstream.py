@@ -66,6 +66,14 @@ def test_compare_names_what_appeared_and_what_disappeared() -> None:
     assert compare("t", {("dtype", "phy2log"), ("contract", "shape")}, known).matches
 
 
+def test_a_quick_run_need_not_report_thorough_only_findings() -> None:
+    known = [KnownFinding("dtype", "c", None, ""), KnownFinding("deep", "d", None, "", True)]
+    assert compare("t", {("dtype", "c")}, known, thorough=False).matches
+    assert compare("t", {("dtype", "c"), ("deep", "d")}, known, thorough=False).matches
+    assert compare("t", {("dtype", "c")}, known, thorough=True).disappeared == {("deep", "d")}
+    assert compare("t", {("deep", "d")}, known, thorough=False).disappeared == {("dtype", "c")}
+
+
 def write(path: Path, document: object) -> Path:
     path.write_text(json.dumps(document))
     return path
@@ -100,6 +108,15 @@ def test_load_expected_reads_entries(tmp_path: Path) -> None:
 def test_malformed_expected_files_are_refused(tmp_path: Path, document: object) -> None:
     with pytest.raises(ValueError, match=r"e\.json"):
         load_expected(write(tmp_path / "e.json", document))
+
+
+def test_a_quick_update_keeps_thorough_only_findings(tmp_path: Path) -> None:
+    previous = {"a": [KnownFinding("deep", "d", "r.py", "n", True)]}
+    path = tmp_path / "e.json"
+    write_expected(path, {"a": set()}, previous, thorough=False)
+    assert load_expected(path)["a"] == previous["a"]
+    write_expected(path, {"a": set()}, previous, thorough=True)
+    assert load_expected(path)["a"] == []
 
 
 def test_write_expected_keeps_notes_and_marks_new_findings(tmp_path: Path) -> None:
