@@ -79,3 +79,13 @@ def report(session: nox.Session) -> None:
     """The main job: reference vs baseline on the real traces."""
     install_project(session, "test")
     session.run("eplb-spec", "report", *session.posargs)
+
+
+@nox.session
+def downstream(session: nox.Session) -> None:
+    """Opt-in (not in CI): the gate on every balancer of the pinned vLLM and SGLang
+    releases, fetched without dependencies into the engine cache, against
+    docs/engines/expected-findings.json. ``-- --thorough`` runs the full gate,
+    ``-- --update`` re-baselines the expected file."""
+    install_project(session, "test")
+    session.run("python", "-m", "properties.downstream", *session.posargs)
