@@ -46,7 +46,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -158,6 +158,12 @@ class EngineAdapter:
         """Why the engine's caller never makes this call, or None when it may."""
         return None
 
+    caller_dtype: ClassVar[str | None] = None
+    """The dtype the engine's caller passes its loads in (None: none in particular)."""
+
+    only_caller_dtype: ClassVar[bool] = False
+    """True when no other dtype ever reaches the engine."""
+
     def outside_load_domain(self, weight: npt.NDArray[Any]) -> str | None:
         """Why the engine's caller never passes these loads, or None when it may."""
         values = np.asarray(weight, dtype=np.float64)
@@ -166,6 +172,12 @@ class EngineAdapter:
                 f"{self.engine}'s caller passes token counts recorded by the engine, which are "
                 "finite and non-negative"
             )
+        if self.only_caller_dtype and self.caller_dtype is not None and values.size:
+            largest = np.iinfo(np.dtype(self.caller_dtype)).max
+            if values.max() > largest:
+                return (
+                    f"{self.engine}'s caller passes {self.caller_dtype} counts, at most {largest}"
+                )
         return None
 
     def source_sha256(self) -> str:
@@ -221,6 +233,9 @@ class VllmPolicy(EngineAdapter):
     """vLLM's ``DefaultEplbPolicy``: ``EplbState.rearrange`` calls the classmethod
     ``rebalance_experts(load, num_replicas, num_groups, num_nodes, num_gpus, old_map)``
     positionally with the int64 token counts on the CPU."""
+
+    caller_dtype: ClassVar[str | None] = "int64"
+    only_caller_dtype: ClassVar[bool] = True
 
     def load(self) -> Callable[..., Any]:
         module = self.import_module(VLLM_POLICY, VLLM_PACKAGES)
@@ -280,6 +295,9 @@ class SglangAlgorithm(EngineAdapter):
     dispatcher ``eplb_algorithms.rebalance_experts`` with ``tokens_per_expert`` of shape
     ``[steps, layers, experts]`` (a 2-D count gets ``unsqueeze(0)``) and
     ``num_local_physical_experts = num_physical_experts // ep_size``."""
+
+    # Recorded counts are int32; a user's expert-location file may hold other numbers.
+    caller_dtype: ClassVar[str | None] = "int32"
 
     @property
     def hierarchical(self) -> bool:

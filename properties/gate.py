@@ -29,7 +29,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
@@ -46,9 +46,12 @@ from oracle.pipeline import layer_lower_bound
 from properties.engines import EngineAdapter, find_engine
 from properties.isolation import (
     DEFAULT_MEMORY_MB,
+    CallFailure,
+    CallResult,
     FailureCount,
     IsolatedTarget,
     TargetError,
+    TensorArg,
 )
 from properties.strategies import (
     count_cases,
@@ -59,6 +62,7 @@ from properties.strategies import (
     tiny_problems,
 )
 from properties.suite import (
+    BadInput,
     Finding,
     Gap,
     bad_inputs,
@@ -406,10 +410,41 @@ class GateRun:
         return self.failures.count >= GIVE_UP_AFTER or self.caller.dead is not None
 
     def outside(self, problem: BalancingProblem) -> str | None:
+        """Why an engine's caller never makes this call, or None (always for plain
+        targets)."""
         if self.engine is None:
             return None
         cluster = (problem.num_replicas, problem.num_groups, problem.num_nodes, problem.num_gpus)
-        return self.engine.outside_domain(problem.num_experts, cluster)
+        return self.engine.outside_domain(
+            problem.num_experts, cluster
+        ) or self.engine.outside_load_domain(problem.loads)
+
+    def call(self, *args: Any) -> CallResult | CallFailure:
+        """The target's call; an engine that only ever receives its caller's dtype gets
+        every weight in it, contiguous."""
+        if self.engine is not None and self.engine.only_caller_dtype:
+            dtype = self.engine.caller_dtype or "float64"
+            args = tuple(
+                replace(a, dtype=dtype, contiguous=True) if isinstance(a, TensorArg) else a
+                for a in args
+            )
+        return self.caller.call(*args)
+
+    def dtype_for(self, values: np.ndarray) -> str:
+        """The dtype of the gate's ordinary call: an engine caller's where the values fit
+        it exactly, float64 otherwise (and for plain targets)."""
+        dtype = None if self.engine is None else self.engine.caller_dtype
+        if dtype is None:
+            return "float64"
+        loads = np.asarray(values, dtype=np.float64)
+        limits = np.iinfo(np.dtype(dtype))
+        fits = bool(
+            np.isfinite(loads).all()
+            and (loads == np.round(loads)).all()
+            and (loads >= limits.min).all()
+            and (loads <= limits.max).all()
+        )
+        return dtype if fits else "float64"
 
     def guarded(
         self, check: Callable[[BalancingProblem, Hunt], None]
@@ -449,19 +484,22 @@ class SoftFindings(list[Finding]):
 
 def run_sections(run: GateRun, chosen: Collection[str]) -> None:
     """The Hypothesis-driven sections."""
-    call = run.caller.call
+    call = run.call
 
     def contract(problem: BalancingProblem, state: Hunt) -> None:
-        check_contract(call, problem, SoftFindings(state, problem))
+        soft = SoftFindings(state, problem)
+        check_contract(call, problem, soft, run.dtype_for(problem.loads))
 
     def deterministic(problem: BalancingProblem, state: Hunt) -> None:
-        check_deterministic(call, problem)
+        check_deterministic(call, problem, run.dtype_for(problem.loads))
 
     def input_forms(problem: BalancingProblem, state: Hunt) -> None:
-        check_input_forms(call, problem)
+        check_input_forms(call, problem, run.dtype_for(problem.loads))
 
     def optimality(problem: BalancingProblem, state: Hunt) -> None:
-        found = check_optimality(call, problem, run.max_gap_percent, SoftFindings(state, problem))
+        soft = SoftFindings(state, problem)
+        dtype = run.dtype_for(problem.loads)
+        found = check_optimality(call, problem, run.max_gap_percent, soft, dtype)
         if not state.failed:
             run.gaps.extend(found)
         if currently_in_test_context():  # not for the hand-picked problems
@@ -481,8 +519,17 @@ def run_sections(run: GateRun, chosen: Collection[str]) -> None:
         "input-forms": run.budget.input_forms,
         "optimality": run.budget.optimality,
     }
+    fixed_dtype = (
+        run.engine.caller_dtype if run.engine is not None and run.engine.only_caller_dtype else None
+    )
     for name, strategy, check in sections:
         if name not in chosen:
+            continue
+        if name == "input-forms" and fixed_dtype is not None:
+            run.report.checks[name] = (
+                f"skipped: {run.engine.engine if run.engine else ''}'s caller always passes "
+                f"contiguous {fixed_dtype} loads"
+            )
             continue
         if run.gave_up:
             run.report.checks[name] = "skipped: the target hung or crashed too often"
@@ -508,6 +555,16 @@ def summarise_gaps(run: GateRun) -> None:
     }
 
 
+def bad_input_outside(run: GateRun, case: BadInput) -> str | None:
+    """Why an engine's caller never makes this bad call (None: it may)."""
+    if run.engine is None:
+        return None
+    experts = int(case.weight.values.shape[1])
+    return run.engine.outside_domain(experts, case.cluster) or run.engine.outside_load_domain(
+        case.weight.values
+    )
+
+
 def bad_input_section(run: GateRun) -> None:
     cases = bad_inputs()
     failed = skipped = 0
@@ -515,14 +572,17 @@ def bad_input_section(run: GateRun) -> None:
         if run.gave_up:
             run.report.bad_inputs[case.name] = "skipped: the target hung or crashed too often"
             continue
-        if run.engine is not None and (
-            why := run.engine.outside_domain(int(case.weight.values.shape[1]), case.cluster)
-        ):
+        why = bad_input_outside(run, case)
+        alternative = case.on_one_node() if why is not None else None
+        if alternative is not None and bad_input_outside(run, alternative) is None:
+            case, why = alternative, None
+        if why is not None:
             skipped += 1
             run.report.bad_inputs[case.name] = f"skipped: {why}"
             continue
+        case = replace(case, weight=replace(case.weight, dtype=run.dtype_for(case.weight.values)))
         try:
-            run.report.bad_inputs[case.name] = check_bad_input(run.caller.call, case)
+            run.report.bad_inputs[case.name] = check_bad_input(run.call, case)
         except Finding as finding:
             failed += 1
             run.report.bad_inputs[case.name] = "VIOLATION"
@@ -533,26 +593,43 @@ def bad_input_section(run: GateRun) -> None:
     )
 
 
+def trace_cluster(run: GateRun, loads: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The cluster the traces are scored at: (288, 8, 4, 32), or for an engine algorithm
+    whose caller never uses that cluster, the same GPUs as one node; None when neither
+    is in the engine's domain (the reasons go into the notes)."""
+    replicas, groups, _, gpus = TRACE_CLUSTER
+    for cluster in (TRACE_CLUSTER, (replicas, groups, 1, gpus)):
+        why = run.outside(BalancingProblem(loads, *cluster))
+        if why is None:
+            return cluster
+        run.report.notes.append(f"traces not scored at {cluster}: {why}")
+    return None
+
+
 def traces_section(run: GateRun, data: str | None) -> None:
     workloads, note = default_workloads(data)
     run.report.notes.append(note)
     chosen = workloads if run.budget.traces is None else workloads[: run.budget.traces]
-    where_cluster = dict(zip(CLUSTER_KEYS, TRACE_CLUSTER, strict=True))
+    cluster = trace_cluster(run, chosen[0].loads)
+    if cluster is None:
+        run.report.checks["traces"] = "skipped: outside the target's domain"
+        return
+    run.report.header["trace_cluster"] = list(cluster)
+    where_cluster = dict(zip(CLUSTER_KEYS, cluster, strict=True))
     failed = 0
     for index, workload in enumerate(chosen):
         run.progress.show("traces", index, len(chosen))
-        problem = BalancingProblem(workload.loads, *TRACE_CLUSTER)
+        problem = BalancingProblem(workload.loads, *cluster)
         if run.gave_up:
-            break
-        if (why := run.outside(problem)) is not None:
-            run.report.notes.append(f"traces skipped: {why}")
             break
         times = []
         outputs = None
         for _ in range(run.budget.trace_repeats):
             soft: list[Finding] = []
             try:
-                outputs, result = check_contract(run.caller.call, problem, soft)
+                outputs, result = check_contract(
+                    run.call, problem, soft, run.dtype_for(problem.loads)
+                )
             except Finding as broken:
                 failed += 1
                 run.report.record(broken, {"trace": workload.name, **where_cluster})
@@ -636,9 +713,8 @@ def file_digest(path: str) -> str:
 def target_file(target: str, caller: IsolatedTarget, engine: EngineAdapter | None) -> str:
     """The file the target's code lives in: from the path given, the engine adapter, or
     (for a module target) as the worker reported it."""
-    source = getattr(engine, "source_file", None) if engine is not None else None
-    if source:
-        return str(source)
+    if engine is not None:
+        return str(engine.source)
     location = target.rpartition(":")[0]
     if location.endswith(".py") or "/" in location:
         return str(Path(location).resolve())
@@ -745,6 +821,17 @@ def gate_body(
 ) -> None:
     report, caller = run.report, run.caller
     path = target_file(report.target, caller, run.engine)
+    if run.engine is not None:
+        engine = run.engine
+        report.header["engine"] = {
+            "name": engine.name,
+            "engine": engine.engine,
+            "algorithm": engine.algorithm,
+            "version": engine.version,
+            "origin": engine.origin,
+            "source": str(engine.source),
+            "sources_sha256": engine.source_sha256(),
+        }
     report.header.update(
         {
             "versions": package_versions(),
@@ -757,7 +844,7 @@ def gate_body(
     )
     first = BalancingProblem([[1.0, 2.0]], 2, 1, 1, 1)
     try:
-        probe = call_ok(caller.call, first)
+        probe = call_ok(run.call, first, run.dtype_for(first.loads))
     except Finding as finding:
         report.record(finding, describe(first))
     else:
@@ -807,7 +894,7 @@ def print_report(report: GateReport) -> None:
             f"max gap {o['max_gap']:.2%} (peak {o['max_gap_peak']:g} vs {o['max_gap_optimum']})"
         )
     if report.traces:
-        print(f"  real traces at {TRACE_CLUSTER}:")
+        print(f"  real traces at {tuple(report.header.get('trace_cluster', TRACE_CLUSTER))}:")
         print(
             f"    {'trace':<26}{'balancedness':>13}{'peak/LB mean':>14}{'max':>8}"
             f"{'dup GPUs':>10}{'s/call':>9}"

@@ -176,12 +176,18 @@ def tiny_problems(draw: st.DrawFn) -> BalancingProblem:
 
 
 def engine_regime_examples() -> list[BalancingProblem]:
-    """Hand-picked problems every gate run checks first: two equal hot experts at token
-    scale (2**20, 2**24 + 2**12 and 2**40, where float32 sums and small additive offsets
-    stop separating values), float32's largest values, and tiny beside huge loads."""
+    """Hand-picked problems every gate run checks after the generated ones: two equal
+    hot experts at token scale (2**11 to 2**40, where float32 sums and small additive
+    offsets stop separating values), on GPUs and competing for spare replicas, float32's
+    largest values, and tiny beside huge loads."""
     hot = [2.0**20, 2.0**24 + 2.0**12, 2.0**40]
     picked = [BalancingProblem([[h, h, 0.0, 7.0]], 4, 1, 1, 2) for h in hot]
     picked += [BalancingProblem([[h, 3.0, h, 5.0, 1.0, h]], 8, 3, 1, 4) for h in hot[:2]]
+    picked += [
+        BalancingProblem([[1.0, 1.0, h, h]], 6, 1, 1, gpus)
+        for h in (2048.0, hot[0])
+        for gpus in (3, 6)
+    ]
     picked.append(BalancingProblem([[FLOAT32_MAX, FLOAT32_MAX, 1.0, 0.0]], 4, 2, 2, 2))
     picked.append(BalancingProblem([[1e-30, 1e30, 1e-25, 1e25]], 8, 2, 1, 4))
     return picked

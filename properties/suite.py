@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -98,15 +98,19 @@ def call_ok(
 
 
 def check_contract(
-    call: Caller, problem: BalancingProblem, soft: list[Finding] | None = None
+    call: Caller,
+    problem: BalancingProblem,
+    soft: list[Finding] | None = None,
+    dtype: str = "float64",
 ) -> tuple[Outputs, CallResult]:
     """Valid output, input left alone.
 
     With ``soft`` given, a finding about output types only (say int32 where the contract
     says int64) is appended there and the placement is checked on its values; without
     it, such a finding is raised like any other. The outputs returned are int64.
+    ``dtype``: of the weight tensor passed.
     """
-    result = call_ok(call, problem)
+    result = call_ok(call, problem, dtype)
     if result.input_modified:
         raise Finding("input-unmodified", "the implementation changed its weight tensor")
     outputs = read_outputs(result, problem)
@@ -137,36 +141,47 @@ def same_outputs(a: Outputs, b: Outputs) -> bool:
     )
 
 
-def check_deterministic(call: Caller, problem: BalancingProblem) -> None:
-    first = read_outputs(call_ok(call, problem), problem)
-    second = read_outputs(call_ok(call, problem), problem)
+def check_deterministic(call: Caller, problem: BalancingProblem, dtype: str = "float64") -> None:
+    first = read_outputs(call_ok(call, problem, dtype), problem)
+    second = read_outputs(call_ok(call, problem, dtype), problem)
     if not same_outputs(first, second):
         raise Finding("deterministic", "the same input gave two different placements")
 
 
-def check_input_forms(call: Caller, problem: BalancingProblem) -> None:
-    """Integer and float inputs, contiguous or not, give the same answer (loads are
-    small integers here, exact in every dtype)."""
-    reference = read_outputs(call_ok(call, problem), problem)
-    for dtype, contiguous, check in (
-        ("int64", True, "dtype-invariance"),
-        ("float32", True, "dtype-invariance"),
-        ("float64", False, "layout-invariance"),
-    ):
+def check_input_forms(call: Caller, problem: BalancingProblem, reference: str = "float64") -> None:
+    """Integer and float inputs, contiguous or not, give the same answer as the
+    ``reference`` dtype (loads are integers here, exact in every dtype)."""
+    expected = read_outputs(call_ok(call, problem, reference), problem)
+    forms = [
+        (dtype, True, "dtype-invariance")
+        for dtype in ("int64", "float32", "float64")
+        if dtype != reference
+    ]
+    for dtype, contiguous, check in [*forms, (reference, False, "layout-invariance")]:
         other = read_outputs(call_ok(call, problem, dtype, contiguous), problem)
-        if not same_outputs(reference, other):
-            form = dtype if contiguous else "a non-contiguous tensor"
-            raise Finding(check, f"{form} input gave a different placement than float64")
+        if not same_outputs(expected, other):
+            form = dtype if contiguous else f"a non-contiguous {dtype}"
+            raise Finding(check, f"{form} input gave a different placement than {reference}")
 
 
 @dataclass(frozen=True)
 class BadInput:
-    """A precondition broken on purpose; ``structural`` when no placement can be valid."""
+    """A precondition broken on purpose; ``structural`` when no placement can be valid;
+    ``nodes_matter`` when the case is about the nodes (on one node it is another case).
+    """
 
     name: str
     weight: TensorArg
     cluster: tuple[int, int, int, int]
     structural: bool
+    nodes_matter: bool = False
+
+    def on_one_node(self) -> BadInput | None:
+        """The same broken precondition on one node (None when nodes are its point)."""
+        if self.nodes_matter:
+            return None
+        replicas, groups, _, gpus = self.cluster
+        return replace(self, cluster=(replicas, groups, 1, gpus))
 
 
 def bad_inputs() -> list[BadInput]:
@@ -184,8 +199,8 @@ def bad_inputs() -> list[BadInput]:
         BadInput("negative load", loads_with(-3.0), cluster, False),
         BadInput("num_replicas < num_experts", TensorArg(good), (8, 4, 2, 8), True),
         BadInput("num_replicas not divisible by num_gpus", TensorArg(good), (20, 4, 2, 8), True),
-        BadInput("groups do not divide experts", TensorArg(good), (16, 8, 2, 8), True),
-        BadInput("gpus not divisible by nodes", TensorArg(good), (16, 3, 3, 4), True),
+        BadInput("groups do not divide experts", TensorArg(good), (16, 8, 2, 8), True, True),
+        BadInput("gpus not divisible by nodes", TensorArg(good), (16, 3, 3, 4), True, True),
         BadInput("zero gpus", TensorArg(good), (16, 4, 2, 0), True),
     ]
 
@@ -233,11 +248,12 @@ def check_optimality(
     problem: BalancingProblem,
     max_gap_percent: float | None,
     soft: list[Finding] | None = None,
+    dtype: str = "float64",
 ) -> list[Gap]:
     """Per layer: the peak is never below the proven bound (that would mean a bug in the
     implementation's output or in the oracle), and within ``max_gap_percent`` of the
     optimum when a limit is set."""
-    outputs, _ = check_contract(call, problem, soft)
+    outputs, _ = check_contract(call, problem, soft, dtype)
     peaks = peak_gpu_load(
         problem.loads, np.asarray(outputs.phy2log), np.asarray(outputs.logcnt), problem.num_gpus
     )
