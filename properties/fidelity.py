@@ -51,7 +51,8 @@ IntArray = npt.NDArray[np.int64]
 
 NEAR = 1e-6
 """Keys closer than this (relative) make a near tie: float32 arithmetic, which rounds
-each operation to 2**-24 relative, moves float64 keys by less than this."""
+each operation to 2**-24 relative, moves float64 keys by less than this (keys below
+float32's smallest normal number are near ties too)."""
 
 
 class Step(enum.Enum):
@@ -148,9 +149,14 @@ class Replay:
             self.tie = message
 
 
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
 def close(a: float, b: float) -> bool:
-    """Equal within ``NEAR``, relative to the larger magnitude."""
-    return abs(a - b) <= NEAR * max(abs(a), abs(b))
+    """Equal within ``NEAR``, relative to the larger magnitude, or both too small for a
+    float32 (normal) number: keys float32 arithmetic may find equal."""
+    largest = max(abs(a), abs(b))
+    return abs(a - b) <= NEAR * largest or largest < FLOAT32_TINY
 
 
 def fmt(value: float) -> str:
@@ -433,8 +439,8 @@ class Divergence:
             effect = "equivalent for balance"
         else:
             effect = (
-                f"NOT equivalent for balance (peak {fmt(self.peak_target)} vs "
-                f"{fmt(self.peak_reference)})"
+                f"NOT equivalent for balance (other GPU loads; peak {fmt(self.peak_target)}, "
+                f"the reference's {fmt(self.peak_reference)})"
             )
         return (
             f"{where}: first difference at {self.step.value} ({STEP_WORDS[self.step]}), "
@@ -962,13 +968,14 @@ class LayerComparison:
                         f"swap), target {theirs}",
                     )
                 loads = [node.loads[label] / node.counts[label] for label in view.gpus[q]]
-                ordered = all(a >= b for a, b in itertools.pairwise(loads))
-                kind = Kind.TIE if ordered else Kind.REAL
-                reason = (
-                    "equal replica loads arrive in either order"
-                    if ordered
-                    else "the reference orders them by arrival (descending replica load)"
-                )
+                pairs = list(itertools.pairwise(loads))
+                if all(a >= b for a, b in pairs):
+                    kind, reason = Kind.TIE, "equal replica loads arrive in either order"
+                else:
+                    kind = (
+                        Kind.NEAR_TIE if all(a >= b or close(a, b) for a, b in pairs) else Kind.REAL
+                    )
+                    reason = "the reference orders them by arrival (descending replica load)"
                 return (
                     Step.SLOTS,
                     kind,
@@ -1443,37 +1450,32 @@ def run_fidelity(
     reference = reference_named(same_as)
     strategy = problems if problems is not None else default_problems()
     run = FidelityRun(reference.name, examples, tolerate_ties)
-    first = hunt_divergence(
-        call,
-        reference,
-        strategy,
-        examples,
-        lambda report: not report.identical,
-        "first divergence (shrunk)",
-    )
-    if first is not None:
-        run.generated.append(first)
-        only_tie = (
-            first.report is not None
-            and not first.report.violations
-            and first.report.divergences[0].kind is Kind.TIE
-        )
-        if only_tie:
-            real = hunt_divergence(
-                call,
-                reference,
-                strategy,
-                examples,
-                lambda report: (
-                    bool(report.violations)
-                    or any(d.kind is not Kind.TIE for d in report.divergences)
-                ),
-                "first divergence that is not a tie (shrunk)",
-            )
-            if real is not None:
-                run.generated.append(real)
-            else:
-                run.notes.append(f"every divergence in {examples} examples is a tie")
+    # Each search looks for something stronger than what the last one found: any
+    # divergence, then one that is not a tie, then a real one (or an invalid placement).
+    strength = [Kind.TIE, Kind.NEAR_TIE, Kind.REAL]
+    searches = [
+        ("first divergence (shrunk)", "divergence"),
+        ("first divergence that is not a tie (shrunk)", "tie"),
+        ("first real divergence (shrunk)", "tie or a near tie"),
+    ]
+    level = 0
+    while level < len(searches):
+        search, weaker = searches[level]
+        kinds = set(strength[level:])
+
+        def wanted(report: FidelityReport, kinds: set[Kind] = kinds) -> bool:
+            return bool(report.violations) or any(d.kind in kinds for d in report.divergences)
+
+        found_input = hunt_divergence(call, reference, strategy, examples, wanted, search)
+        if found_input is None:
+            if level > 0:
+                run.notes.append(f"every divergence in {examples} examples is a {weaker}")
+            break
+        run.generated.append(found_input)
+        report = found_input.report
+        if report is None or report.violations:
+            break
+        level = 1 + max(strength.index(d.kind) for d in report.divergences)
     if workloads is None:
         found, note = default_workloads(data)
         run.notes.append(note)
