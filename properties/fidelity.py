@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -453,12 +454,6 @@ class LayerVerdict:
     layer: int
     identical: bool
     divergence: Divergence | None
-
-
-def gpu_contents(problem: BalancingProblem, row: Sequence[int]) -> list[Counter[int]]:
-    """The experts each GPU holds, as multisets."""
-    cap = problem.slots_per_gpu
-    return [Counter(row[g * cap : (g + 1) * cap]) for g in range(problem.num_gpus)]
 
 
 def exact_gpu_loads(problem: BalancingProblem, layer: int, row: Sequence[int]) -> list[Fraction]:
@@ -1354,7 +1349,7 @@ class FidelityRun:
             lines.append(f"  generated problems: {self.examples} examples, all identical")
         for found in self.generated:
             lines.append(f"  {found.summary()}")
-            lines.append(f"    smallest input: {describe_json(found.input)}")
+            lines.append(f"    smallest input: {json.dumps(found.input)}")
         reports = [t.report for t in self.traces if t.report is not None]
         if reports:
             merged = FidelityReport(self.reference, [v for r in reports for v in r.layers])
@@ -1416,12 +1411,6 @@ class FidelityRun:
                 for t in self.traces
             ],
         }
-
-
-def describe_json(value: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 def run_fidelity(

@@ -243,6 +243,7 @@ def test_summary_lines() -> None:
         "expert 0 and expert 2 have equal w/c 4; the reference serves expert 0, the target "
         "expert 2; equivalent for balance"
     )
+    assert report.tally() == {(Step.COUNTS, Kind.TIE): 1}
     identical = report_of(fast_seed, problem, "seed")
     assert identical.summary() == "identical to seed on all 2 layer(s)"
 
