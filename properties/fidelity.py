@@ -1177,8 +1177,8 @@ def compare(
     rows = as_rows(phy2log)
     if rows is None:
         return FidelityReport(reference.name, [], ["phy2log is not an integer array"])
-    given = log2phy is not None and logcnt is not None
-    if given:
+    numbered = log2phy is not None and logcnt is not None
+    if numbered:
         table, counts = as_rows(log2phy), as_rows(logcnt)
     else:
         table, counts = None, None
@@ -1196,7 +1196,7 @@ def compare(
             layer,
             rows[layer].tolist(),
             reference,
-            log2phy=ragged_log2phy(table[layer], counts[layer]) if given else None,
+            log2phy=ragged_log2phy(table[layer], counts[layer]) if numbered else None,
         )
         for layer in range(problem.num_layers)
     ]
