@@ -63,6 +63,19 @@ def counts_at_threshold(loads: Sequence[float], threshold: float) -> list[int]:
     return [max(1, math.ceil(w / threshold)) for w in loads]
 
 
+def bisected_counts(loads: Sequence[float], num_slots: int) -> list[int]:
+    """Water-filling before its top-ups: the counts at the upper end of a threshold ``T``
+    bisected for 40 rounds on ``[0, max(max_w, 1)]`` (``sum c(T) <= num_slots`` there)."""
+    low, high = 0.0, max(max(loads), 1.0)
+    for _ in range(BISECTION_ROUNDS):
+        middle = (low + high) / 2
+        if sum(counts_at_threshold(loads, middle)) <= num_slots:
+            high = middle
+        else:
+            low = middle
+    return counts_at_threshold(loads, high)
+
+
 def water_fill(loads: Sequence[float], num_slots: int) -> list[int]:
     """Replica counts for one row: ``c_i >= 1`` and ``sum c_i == num_slots``.
 
@@ -78,14 +91,7 @@ def water_fill(loads: Sequence[float], num_slots: int) -> list[int]:
     if all(w == 0 for w in loads):
         spare = num_slots - n
         return [1 + spare // n + (1 if i < spare % n else 0) for i in range(n)]
-    low, high = 0.0, max(max(loads), 1.0)
-    for _ in range(BISECTION_ROUNDS):
-        middle = (low + high) / 2
-        if sum(counts_at_threshold(loads, middle)) <= num_slots:
-            high = middle
-        else:
-            low = middle
-    counts = counts_at_threshold(loads, high)
+    counts = bisected_counts(loads, num_slots)
     left = num_slots - sum(counts)
     while left > 0:
         take = min(left, n)
