@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from properties.isolation import TargetError
+from properties.worker import TargetError
 
 # The engine releases the project gates (``nox -s downstream``); bump one line to move on.
 PINNED_RELEASES: dict[str, str] = {

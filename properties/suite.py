@@ -277,9 +277,10 @@ def check_optimality(
             and gap.relative * 100 > max_gap_percent + 1e-9
         ):
             raise Finding(
-                "max-gap",
+                "optimality",
                 f"layer {layer}: peak {peak:g} is {gap.relative:.2%} above the optimum "
                 f"{float(answer.objective):g} (limit {max_gap_percent:g}%)",
+                "max-gap",
             )
     return gaps
 

@@ -29,7 +29,8 @@ from properties.engines import (
     pinned_targets,
     unpack_subtree,
 )
-from properties.isolation import CallResult, IsolatedTarget, TargetError, load_target
+from properties.isolation import CallResult, IsolatedTarget, TargetError
+from properties.worker import load_target
 
 FAKES = Path(__file__).parent / "engines"
 WEIGHT = torch.tensor([[5, 1, 7, 3], [2, 2, 9, 0]], dtype=torch.int64)

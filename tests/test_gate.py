@@ -117,7 +117,7 @@ def test_gate_sees_a_tie_bug_at_token_scale_as_a_100_percent_gap() -> None:
     assert report.verdict == "pass", report.summary()  # valid placements, just bad ones
     assert report.optimality["max_gap"] > 0.99
     strict = run_gate(target, quick=True, checks=["optimality"], max_gap_percent=50)
-    assert checks_failed(strict) == {"max-gap"}
+    assert {(f.check, f.code) for f in strict.findings} == {("optimality", "max-gap")}
     assert "100.00% above the optimum" in strict.findings[0].message
 
 
