@@ -215,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gate.add_argument("--skip", metavar="SECTIONS", help="comma-separated sections to leave out")
     gate.add_argument(
+        "--same-as",
+        metavar="REFERENCE",
+        help="fidelity mode: compare the target's placements with a reference's, step by "
+        "step (seed, seed-without-a, seed-without-b, seed-without-refinements, baseline)",
+    )
+    gate.add_argument(
+        "--tolerate-ties",
+        action="store_true",
+        help="with --same-as: pass when every difference is a tie, equivalent for balance",
+    )
+    gate.add_argument(
         "--memory-mb",
         type=int,
         default=4096,
@@ -261,6 +272,20 @@ def run_gate_command(args: argparse.Namespace) -> int:
 
     def sections(text: str | None) -> list[str] | None:
         return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
+
+    if args.same_as is not None:
+        from properties.gate import same_as_main
+
+        return same_as_main(
+            args.impl,
+            args.same_as,
+            args.quick,
+            args.timeout,
+            args.data,
+            args.json,
+            args.tolerate_ties,
+            args.memory_mb,
+        )
 
     return gate_main(
         args.impl,

@@ -44,6 +44,7 @@ from hypothesis.errors import Flaky
 
 from oracle.pipeline import layer_lower_bound
 from properties.engines import EngineAdapter, find_engine
+from properties.fidelity import FidelityRun
 from properties.isolation import (
     DEFAULT_MEMORY_MB,
     CallFailure,
@@ -940,6 +941,104 @@ def signals_end_the_run() -> Iterator[None]:
 
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def run_same_as(
+    target: str,
+    same_as: str,
+    *,
+    quick: bool = False,
+    timeout_s: float = 60.0,
+    data: str | None = None,
+    tolerate_ties: bool = False,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+) -> FidelityRun:
+    """Fidelity mode: the target's placements against a reference's, step by step
+    (``properties.fidelity``), with the target isolated as in the gate."""
+    from properties.fidelity import reference_named, run_fidelity
+
+    reference_named(same_as)  # ValueError before any work
+    if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
+        raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout_s!r}")
+    engine = find_engine(target)
+    failures = FailureCount()
+    with IsolatedTarget(target, timeout_s, memory_mb=memory_mb, failures=failures) as caller:
+        run = GateRun(
+            GateReport(target),
+            QUICK if quick else THOROUGH,
+            caller,
+            engine,
+            failures,
+            Progress(False),
+            None,
+            timeout_s,
+            memory_mb,
+        )
+        strategy = problems().filter(lambda p: run.outside(p) is None)
+        try:
+            return run_fidelity(
+                run.call,
+                same_as,
+                strategy,
+                examples=60 if quick else 200,
+                data=data,
+                max_traces=2 if quick else None,
+                tolerate_ties=tolerate_ties,
+            )
+        except (TargetError, ValueError):
+            raise
+        except Exception as error:
+            raise InternalError(
+                f"{type(error).__name__}: {error}\n" + "".join(traceback.format_exception(error))
+            ) from error
+
+
+def same_as_main(
+    target: str,
+    same_as: str,
+    quick: bool,
+    timeout_s: float,
+    data: str | None,
+    json_path: str | None,
+    tolerate_ties: bool,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+) -> int:
+    """``eplb-spec gate --same-as NAME``: exit status as for the gate."""
+    if json_path:
+        try:
+            write_json(json_path, {"format": 1, "target": target, "verdict": "incomplete"})
+        except OSError as error:
+            print(f"eplb-spec gate: cannot write --json {json_path}: {error}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        with signals_end_the_run():
+            run = run_same_as(
+                target,
+                same_as,
+                quick=quick,
+                timeout_s=timeout_s,
+                data=data,
+                tolerate_ties=tolerate_ties,
+                memory_mb=memory_mb,
+            )
+    except TargetError as error:
+        print(f"eplb-spec gate: cannot use target: {printable(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as error:
+        print(f"eplb-spec gate: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except InternalError as error:
+        print(f"eplb-spec gate: INTERNAL ERROR ({BUG_REPORT}):\n{error}", file=sys.stderr)
+        return EXIT_INTERNAL
+    except KeyboardInterrupt as interrupt:
+        print(f"eplb-spec gate: interrupted ({interrupt}); no verdict", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"eplb-spec gate: {printable(target)}: same as {same_as}?")
+    for line in run.summary().splitlines():
+        print(printable(line, 2000))
+    if json_path:
+        write_json(json_path, {"target": target, **run.to_json()})
+    return EXIT_PASS if run.verdict == "pass" else EXIT_FAIL
 
 
 def gate_main(
