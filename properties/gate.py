@@ -297,6 +297,7 @@ class Hunt:
     checked: int = 0
     skipped: int = 0
     failed_at: int | None = None  # examples checked when the first finding came
+    generated: int | None = None  # generated examples checked, once the hand-picked start
     finding: Finding | None = None
     input: dict[str, Any] | None = None
     note: str = ""
@@ -310,6 +311,9 @@ class Hunt:
         outside = f", {self.skipped} outside the target's domain" if self.skipped else ""
         if self.failed_at is None:
             return f"{self.checked} examples{outside}: pass"
+        if self.generated is not None and self.failed_at > self.generated:
+            picked = self.failed_at - self.generated
+            return f"FAIL on hand-picked problem {picked}, after {self.generated} passed{outside}"
         return f"FAIL at example {self.failed_at} of {self.examples}{outside}"
 
 
@@ -380,6 +384,7 @@ def hunt(
         ) from error
     finally:
         progress.end()
+    state.generated = state.checked
     for case in hand_picked if not state.failed else ():
         try:
             check(case, state)
@@ -575,8 +580,9 @@ def bad_input_section(run: GateRun) -> None:
             continue
         why = bad_input_outside(run, case)
         alternative = case.on_one_node() if why is not None else None
-        if alternative is not None and bad_input_outside(run, alternative) is None:
-            case, why = alternative, None
+        if alternative is not None:
+            why_there = bad_input_outside(run, alternative)
+            case, why = (alternative, None) if why_there is None else (case, why_there)
         if why is not None:
             skipped += 1
             run.report.bad_inputs[case.name] = f"skipped: {why}"
