@@ -7,6 +7,11 @@ expert ``i`` puts on GPU ``g`` is ``w_i * x / c``: a table constraint over the a
 ``(c, x)`` pairs gives it exactly, in integers scaled by the least common multiple of
 every count in play (and of the weights' denominators). GPU loads are ordered
 non-increasingly to break the symmetry of identical GPUs.
+
+Limits: a model of more than ``MAX_MODEL_TERMS`` table entries (``10**7`` slots, say) is
+answered ``UNKNOWN`` with the analytical bound before it is built; the time limit
+covers building the model and solving it, and a solve cut short answers with the
+greedy placement (``FEASIBLE``) when CP-SAT has none.
 """
 
 from __future__ import annotations

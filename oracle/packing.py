@@ -4,6 +4,8 @@ minimising the heaviest pack; optionally no two items with one label in a pack.
 CP-SAT model: one Boolean per (item, pack); items sorted heaviest first with "item ``j``
 only in packs ``0..j``" (breaks the symmetry of identical packs); a greedy solution,
 improved by swaps, as the hint; the analytical bounds below as a floor on the objective.
+More than ``MAX_MODEL_TERMS`` (item, pack) pairs are answered ``UNKNOWN`` with the
+analytical bound before the model is built; the time limit covers the heuristics too.
 """
 
 from __future__ import annotations
@@ -187,7 +189,15 @@ def solve_packing(
         if not scaled.exact:
             solver_bound -= Fraction(cap, 2)  # each of a pack's cap items rounded by <= 1/2
         bound = max(analytical, solver_bound / scaled.scale)
-        if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            sorted_pack = [0] * count
+            for (j, p), var in x.items():
+                if solver.value(var):
+                    sorted_pack[j] = p
+        elif start_from is not None:  # out of time before CP-SAT found one: the hint
+            sorted_pack = list(start_from)
+            code = cp_model.FEASIBLE
+        else:
             return SolveResult.unknown(
                 "packing",
                 bound,
@@ -196,10 +206,6 @@ def solve_packing(
                 settings.describe(),
                 None if scaled.exact else 1 / scaled.scale,
             )
-        sorted_pack = [0] * count
-        for (j, p), var in x.items():
-            if solver.value(var):
-                sorted_pack[j] = p
     pack_of = [0] * count
     for position, item in enumerate(order):
         pack_of[item] = sorted_pack[position]

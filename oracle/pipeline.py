@@ -336,8 +336,9 @@ def optimal_layer(
     bound = max(lowest, everywhere)
     inexact = [r for r in solved.values() if not r.exact]
     resolution = max((r.resolution for r in inexact if r.resolution is not None), default=None)
-    if any(r.status is not Status.OPTIMAL for r in solved.values()) and not stopped:
-        stopped = "a node solve was cut short or rounded; see the interval"
+    unproven = [r for r in solved.values() if r.status is not Status.OPTIMAL]
+    if unproven and not stopped:
+        stopped = f"a node solve is not proven optimal ({unproven[0].note or 'rounded'})"
     if best is None:
         return unknown(bound, stopped or "no placement found")
     objective, split, solutions = best

@@ -30,11 +30,16 @@ MAX_VECTORS = 10_000
 MAX_CLUSTER_VALUE = 2**28
 
 
+class UsageError(ValueError):
+    """A command-line argument argparse refused."""
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit status 2)."""
+    """argparse, but a usage error is raised, for ``main`` to print as one line and
+    return exit status 2 (argparse would print the usage too and exit)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"eplb-spec: error: {message}\n")
+        raise UsageError(message)
 
 
 def bounded_int(low: int, high: int) -> Callable[[str], int]:
@@ -404,8 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if not arguments or (arguments[0].startswith("-") and arguments[0] not in ("-h", "--help")):
         arguments.insert(0, "report")
-    args = parser.parse_args(arguments)
     try:
+        args = parser.parse_args(arguments)
         check_writable(getattr(args, "json", None), "--json")
         if getattr(args, "data", None) is not None:
             find_trace_dir(args.data)

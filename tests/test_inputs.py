@@ -222,10 +222,7 @@ def run_cli(case: Cli, folder: Path, capsys: pytest.CaptureFixture[str]) -> tupl
         else:
             target.write_text(content)
     args = [a.replace("{dir}", str(folder)) for a in case.args]
-    try:
-        status = main(args)
-    except SystemExit as stop:  # argparse's usage errors
-        status = int(stop.code or 0)
+    status = main(args)
     captured = capsys.readouterr()
     assert captured.out == ""  # refused before any work
     return status, captured.err

@@ -13,7 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from hypothesis import example, find, given, settings
+from hypothesis import event, example, find, given, settings
 from hypothesis import strategies as st
 
 from impl import rebalance_experts, rebalance_experts_baseline
@@ -130,6 +130,7 @@ def test_the_issue_example_is_valid_and_the_oracle_does_not_claim_11() -> None:
 @example((BalancingProblem([[5, 5, 0, 0, 0, 9]], 9, 6, 3, 3), [0, 1, 2, 3, 4, 4, 5, 5, 5]))
 def test_no_valid_placement_beats_the_oracle(case: Case) -> None:
     problem, phy2log = case
+    event(f"{problem.policy.value} policy" + (", uneven split" if uneven(case) else ""))
     slots = np.asarray([phy2log])
     log2phy, logcnt = placement_from_phy2log(slots, problem.num_experts)
     assert check_placement(problem, slots, log2phy, logcnt) == []
