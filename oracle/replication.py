@@ -2,8 +2,8 @@
 
 The fewest slots that keep every replica at or below ``T`` is
 ``need(T) = sum_i max(1, ceil(w_i / T))``, non-increasing in ``T``; the optimum ``T*`` is
-the least ``T`` with ``need(T) <= S``, and ``c_min = need``'s counts at ``T*`` are
-the fewest counts that reach it.
+the least ``T`` with ``need(T) <= S``, and the counts ``c_min_i = max(1, ceil(w_i / T*))``
+are the fewest that reach it.
 
 ``optimal_peak`` never enumerates candidates ``w_i / k`` (there are ``n (S - n + 1)`` of
 them, too many for ``S = 10**12``). With ``W = sum w``, the threshold ``T0 = W / (S - n)``

@@ -42,7 +42,7 @@ def balancedness(per_gpu: FloatArray) -> float:
 
     A workload with no load at all counts as perfectly balanced (1.0). Loads are divided
     by the largest one first, so that sums over many layers near the float64 limit
-    cannot overflow (the ratio is unchanged).
+    cannot overflow (the ratio is unchanged up to rounding).
     """
     largest = float(per_gpu.max()) if per_gpu.size else 0.0
     if largest == 0.0:

@@ -22,6 +22,7 @@ import torch
 from impl import rebalance_experts
 from oracle.cpsat import SolverSettings
 from properties.cli import main
+from spec.objectives import balancedness
 
 SPECIFICATION = Path(__file__).parents[1] / "docs" / "specification.md"
 CLUSTER = (16, 4, 2, 8)
@@ -247,3 +248,11 @@ def test_each_bad_input_is_refused_as_the_table_says(
         with pytest.raises(case.error) as raised:
             case.call()
         assert message in str(raised.value)
+
+
+def test_balancedness_of_loads_near_the_float64_limit_is_a_number() -> None:
+    # Each layer's sum is finite, so such loads are valid; summing the peaks over the
+    # layers overflowed and printed nan before.
+    per_gpu = np.full((3, 2), 1e308)
+    per_gpu[0, 1] = 5e307
+    assert balancedness(per_gpu) == pytest.approx((1.5 / 2 + 2) / 3)
