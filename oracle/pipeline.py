@@ -61,11 +61,23 @@ def equal_split_count_exceeds(num_groups: int, num_nodes: int, limit: int) -> bo
     size = num_groups // num_nodes
     total, left = 1, num_groups
     for _ in range(num_nodes):
-        total *= math.comb(left - 1, size - 1)
+        total *= capped_comb(left - 1, size - 1, limit)
         if total > limit:
             return True
         left -= size
     return False
+
+
+def capped_comb(n: int, k: int, limit: int) -> int:
+    """``min(C(n, k), limit + 1)``, without computing a huge binomial: ``C(n, j)`` grows
+    with ``j`` up to ``n / 2``, so the running product can stop once past ``limit``."""
+    k = min(k, n - k)
+    value = 1
+    for j in range(k):
+        value = value * (n - j) // (j + 1)
+        if value > limit:
+            return limit + 1
+    return value
 
 
 def count_splits(

@@ -81,7 +81,7 @@ def _nested_as_float64(weight: list[Any] | tuple[Any, ...], name: str) -> FloatA
     bools, strings or ragged rows; integers beyond the float64 range refused)."""
     rows: list[list[float]] = []
     for layer, row in enumerate(weight):
-        if isinstance(row, np.ndarray):
+        if isinstance(row, (np.ndarray, torch.Tensor)):
             row = row.tolist()
         if not isinstance(row, (list, tuple)):
             raise ValueError(

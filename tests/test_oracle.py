@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import re
 from fractions import Fraction
@@ -22,6 +23,7 @@ from oracle.joint import solve_joint
 from oracle.packing import packing_lower_bound, solve_packing
 from oracle.pipeline import (
     MAX_SPLITS,
+    capped_comb,
     certify_layer,
     count_splits,
     group_splits,
@@ -202,10 +204,9 @@ def splits_by_brute_force(groups: int, nodes: int, most: int) -> set[frozenset[f
 @pytest.mark.parametrize(
     ("groups", "nodes", "most"),
     [
-        (8, 4, 2),
-        (8, 4, 3),
-        (8, 4, 8),
         (6, 3, 2),
+        (6, 3, 3),
+        (6, 3, 6),
         (6, 3, 4),
         (4, 2, 2),
         (4, 2, 3),
@@ -230,10 +231,17 @@ def test_group_splits_are_the_set_partitions_the_contract_allows(
 
 def test_split_counts() -> None:
     assert count_splits(8, 4, 2) == 105  # the trace cluster: equal splits only
+    assert len(list(group_splits(8, 4, 2))) == 105
+    # Blocks of sizes 2-2-2-2, 3-2-2-1 and 3-3-1-1: 105 + 8!/(3!2!2!1!2!) + 8!/(3!3!2!2!).
+    assert count_splits(8, 4, 3) == 105 + 840 + 280
     assert count_splits(8, 4, 8) == 1701  # Stirling number S(8, 4)
+    assert len(list(group_splits(8, 4, 8))) == 1701
     assert count_splits(16, 4, 4) == MAX_SPLITS + 1  # 2,627,625 equal splits alone
     assert count_splits(10**6, 2, 10**6) == MAX_SPLITS + 1  # counted without listing
     assert count_splits(10**6, 10**6, 1) == 1
+    for n in range(30):
+        for k in range(n + 1):
+            assert capped_comb(n, k, 1000) == min(math.comb(n, k), 1001)
 
 
 def test_the_trace_cluster_allows_only_equal_splits() -> None:
