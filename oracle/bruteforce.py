@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 
@@ -80,3 +81,38 @@ def best_joint(
         if value is not None and (best is None or value < best):
             best = value
     return best
+
+
+def best_layer(
+    weights: Sequence[float | int | Fraction],
+    num_replicas: int,
+    num_groups: int,
+    num_nodes: int,
+    num_gpus: int,
+) -> Fraction:
+    """The least peak GPU load of one layer over every placement the contract accepts:
+    each assignment of groups to (labelled) nodes in which every node holds at least
+    one group and no more experts than slots, each node then solved by ``best_joint``.
+    Under the global policy the whole cluster is one node."""
+    exact = as_fractions(weights)
+    if num_groups % num_nodes:  # the global policy
+        best = best_joint(exact, num_replicas, num_gpus)
+        assert best is not None
+        return best
+    size = len(exact) // num_groups
+    slots, gpus = num_replicas // num_nodes, num_gpus // num_nodes
+    found: Fraction | None = None
+    for assignment in itertools.product(range(num_nodes), repeat=num_groups):
+        nodes = [[g for g in range(num_groups) if assignment[g] == n] for n in range(num_nodes)]
+        if any(not groups or len(groups) * size > slots for groups in nodes):
+            continue
+        peak = Fraction(0)
+        for groups in nodes:
+            node = [exact[g * size + i] for g in groups for i in range(size)]
+            value = best_joint(node, slots, gpus)
+            assert value is not None
+            peak = max(peak, value)
+        if found is None or peak < found:
+            found = peak
+    assert found is not None
+    return found

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from oracle.cpsat import Deadline
+
 
 def greedy_packing(
     weights: Sequence[int], num_packs: int, labels: Sequence[int] | None = None
@@ -39,10 +41,12 @@ def improve_by_swaps(
     num_packs: int,
     labels: Sequence[int] | None,
     rounds: int = 10_000,
+    deadline: Deadline | None = None,
 ) -> list[int]:
     """Local search: exchange an item of the heaviest pack with a lighter item elsewhere
     while the two packs' new maximum is below the heaviest load (labels kept distinct
-    when given). Stops when no exchange helps or after ``rounds`` exchanges."""
+    when given). Stops when no exchange helps, after ``rounds`` exchanges or at the
+    deadline."""
     result = list(pack_of)
     load = [0] * num_packs
     members: list[set[int]] = [set() for _ in range(num_packs)]
@@ -61,6 +65,8 @@ def improve_by_swaps(
         return held > 0
 
     for _ in range(rounds):
+        if deadline is not None and deadline.expired():
+            break
         heavy = max(range(num_packs), key=lambda p: (load[p], -p))
         best: tuple[int, int, int] | None = None
         for a in members[heavy]:
@@ -100,14 +106,25 @@ def canonical_packs(pack_of: Sequence[int]) -> list[int]:
     return [names.setdefault(p, len(names)) for p in pack_of]
 
 
+# even_out_by_swaps holds a few [items, items] float arrays: 8 MiB each at this size.
+EVEN_OUT_MAX_ITEMS = 1024
+
+
 def even_out_by_swaps(
-    weights: Sequence[float], pack_of: list[int], num_packs: int, rounds: int = 2_000
+    weights: Sequence[float],
+    pack_of: list[int],
+    num_packs: int,
+    rounds: int = 2_000,
+    deadline: Deadline | None = None,
 ) -> list[int]:
     """Local search on the sum of squared pack loads (no labels): repeatedly make the
     exchange of two items between two packs that lowers it most. Smoother than the
     heaviest pack alone, so it does not stall on ties; float arithmetic (a heuristic:
-    callers evaluate the result exactly)."""
+    callers evaluate the result exactly). Above ``EVEN_OUT_MAX_ITEMS`` items it returns
+    the packing unchanged (its memory grows with the square of the items)."""
     count = len(pack_of)
+    if count > EVEN_OUT_MAX_ITEMS:
+        return list(pack_of)
     cap = count // num_packs
     members = np.zeros((num_packs, cap), dtype=np.int64)
     filled = [0] * num_packs
@@ -116,6 +133,8 @@ def even_out_by_swaps(
         filled[pack] += 1
     values = np.asarray(weights, dtype=np.float64)
     for _ in range(rounds):
+        if deadline is not None and deadline.expired():
+            break
         grid = values[members]  # [packs, cap]
         load = grid.sum(axis=1)
         # Moving delta = w_a - w_b from pack p to pack q changes the sum of squares by

@@ -10,20 +10,37 @@
 ```
 
 ``layer`` is one layer of a whole ``rebalance_experts`` problem (tiny sizes: every group
-split is tried, each node solved exactly); its objective is the least peak GPU load.
+split the contract allows is tried, each node solved exactly); its objective is the
+least peak GPU load. Its weights stay exact (integers above 2**53 included).
 
 ``format`` defaults to 1; ``labels`` and ``distinct`` are optional; ``time_limit_s``
-(default 10) and ``seed`` (default 0) set the solver. Weights are non-negative numbers.
-Unknown keys are an error, so that a typo does not silently change the question.
+(default 10, a positive finite number: it bounds the whole solve) and ``seed`` (default
+0, an int32) set the solver. Weights are non-negative numbers within the float64 range
+whose sum is too. Unknown keys are an error, so that a typo does not silently change the
+question; so are booleans or strings where numbers belong, NaN, infinities, numbers
+beyond the float64 range (``1e400``, a 400-digit integer), nesting deeper than an
+instance's, and files over ``MAX_INSTANCE_BYTES``.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from oracle.cpsat import DEFAULT_SEED, DEFAULT_TIME_LIMIT_S, SolverSettings
+from oracle.cpsat import (
+    DEFAULT_SEED,
+    DEFAULT_TIME_LIMIT_S,
+    SolverSettings,
+    require_seconds,
+    require_seed,
+)
+from oracle.exact import (
+    FLOAT64_MAX,
+    Unrepresentable,
+    as_fractions,
+    describe_number,
+    read_json,
+)
 from oracle.joint import solve_joint
 from oracle.packing import solve_packing
 from oracle.pipeline import optimal_layer
@@ -39,24 +56,48 @@ PROBLEM_KEYS = {
     "joint": ({"num_slots", "num_packs"}, {"distinct"}),
     "layer": ({"num_replicas", "num_groups", "num_nodes", "num_gpus"}, set()),
 }
+# An instance is an object of numbers and lists of numbers: two levels. Files are read
+# whole, so their size is bounded before anything is parsed.
+MAX_INSTANCE_BYTES = 1_000_000
+MAX_DEPTH = 2
+
+
+def check_numbers(document: Any) -> None:
+    """Walk the document (without recursion): every number finite and within the
+    float64 range, nesting at most ``MAX_DEPTH`` levels."""
+    stack: list[tuple[str, Any, int]] = [("", document, 0)]
+    while stack:
+        where, value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise ValueError(
+                    f"{where or 'the instance'}: nested deeper than an instance "
+                    f"(an object of numbers and lists of numbers)"
+                )
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                path = f"{where}[{key}]" if isinstance(value, list) else str(key)
+                stack.append((path, item, depth + 1))
+        elif isinstance(value, Unrepresentable):
+            raise ValueError(f"{where} = {value.problem()}")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > FLOAT64_MAX:
+            raise ValueError(f"{where} = {describe_number(value)} is beyond the float64 range")
 
 
 def read_instance(path: str | Path) -> dict[str, Any]:
-    try:
-        document = json.loads(Path(path).read_text())
-    except OSError as error:
-        raise ValueError(f"cannot read {path}: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    """Read and check an instance file (at most ``MAX_INSTANCE_BYTES``)."""
+    document = read_json(path, MAX_INSTANCE_BYTES)
     if not isinstance(document, dict):
         raise ValueError(f"{path}: an instance is a JSON object")
+    check_numbers(document)
     return document
 
 
 def solve_instance(document: dict[str, Any]) -> SolveResult:
     """Validate an instance document and solve it."""
+    check_numbers(document)
     version = document.get("format", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version != FORMAT_VERSION:
         raise ValueError(
             f"format {version!r} is not supported (this reads format {FORMAT_VERSION})"
         )
@@ -72,23 +113,26 @@ def solve_instance(document: dict[str, Any]) -> SolveResult:
         raise ValueError(f"unknown keys {unknown} for a {problem} instance")
     weights = document["weights"]
     if not isinstance(weights, list):
-        raise TypeError("weights must be a list of numbers")
+        raise TypeError(f"weights must be a list of numbers, got {type(weights).__name__}")
+    exact = as_fractions(weights)
     settings = SolverSettings(
-        time_limit_s=float(document.get("time_limit_s", DEFAULT_TIME_LIMIT_S)),
-        seed=int(document.get("seed", DEFAULT_SEED)),
+        time_limit_s=require_seconds(
+            document.get("time_limit_s", DEFAULT_TIME_LIMIT_S), "time_limit_s"
+        ),
+        seed=require_seed(document.get("seed", DEFAULT_SEED)),
     )
     if problem == "replication":
-        return solve_replication(weights, document["num_slots"])
+        return solve_replication(exact, document["num_slots"])
     if problem == "layer":
         cluster = [document[k] for k in ("num_replicas", "num_groups", "num_nodes", "num_gpus")]
         layer_problem = BalancingProblem([weights], *cluster)
-        return optimal_layer(layer_problem, 0, settings).result
+        return optimal_layer(layer_problem, 0, settings, weights=exact).result
     if problem == "packing":
         labels = document.get("labels")
         if labels is not None and not isinstance(labels, list):
-            raise TypeError("labels must be a list of integers")
-        return solve_packing(weights, document["num_packs"], labels, settings)
+            raise TypeError(f"labels must be a list of integers, got {type(labels).__name__}")
+        return solve_packing(exact, document["num_packs"], labels, settings)
     distinct = document.get("distinct", False)
     if not isinstance(distinct, bool):
         raise TypeError(f"distinct must be true or false, got {distinct!r}")
-    return solve_joint(weights, document["num_slots"], document["num_packs"], distinct, settings)
+    return solve_joint(exact, document["num_slots"], document["num_packs"], distinct, settings)

@@ -7,6 +7,11 @@ expert ``i`` puts on GPU ``g`` is ``w_i * x / c``: a table constraint over the a
 ``(c, x)`` pairs gives it exactly, in integers scaled by the least common multiple of
 every count in play (and of the weights' denominators). GPU loads are ordered
 non-increasingly to break the symmetry of identical GPUs.
+
+Limits: a model of more than ``MAX_MODEL_TERMS`` table entries (``10**7`` slots, say) is
+answered ``UNKNOWN`` with the analytical bound before it is built; the time limit
+covers building the model and solving it, and a solve cut short answers with the
+greedy placement (``FEASIBLE``) when CP-SAT has none.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from fractions import Fraction
 
 from ortools.sat.python import cp_model
 
-from oracle.cpsat import SOLVER_NAME, SolverSettings, integer_bound, solve
+from oracle.cpsat import MAX_MODEL_TERMS, SOLVER_NAME, SolverSettings, integer_bound, solve
 from oracle.exact import INTEGER_BUDGET, as_fractions
 from oracle.replication import check_replication_input, optimal_peak
 from oracle.result import Solution, SolveResult, Status
@@ -86,6 +91,18 @@ def joint_heuristic(
     return counts, pack_of
 
 
+def joint_model_size(
+    num_experts: int, num_slots: int, num_packs: int, most: int, most_here: int
+) -> int:
+    """Table entries of the joint model (one ``(c, x)`` row per count ``c <= most`` and
+    per ``x <= min(c, most_here)``, for every expert and GPU), plus the replicas a
+    solution lists."""
+    # sum over c = 1..most of (min(c, most_here) + 1)
+    low = min(most, most_here)
+    rows = low * (low + 1) // 2 + (most - low) * most_here + most
+    return num_experts * num_packs * rows + num_slots
+
+
 def solve_joint(
     weights: Sequence[float | int | Fraction],
     num_slots: int,
@@ -102,6 +119,7 @@ def solve_joint(
     settings = settings or SolverSettings()
     exact = as_fractions(weights)
     start = time.perf_counter()
+    deadline = settings.deadline()
     n = len(exact)
     cap = num_slots // num_packs
     most = num_slots - n + 1
@@ -116,17 +134,31 @@ def solve_joint(
         )
     if distinct:
         most = min(most, num_packs)
+    most_here = 1 if distinct else min(cap, most)  # replicas of one expert on one GPU
+    size = joint_model_size(n, num_slots, num_packs, most, most_here)
+    if size > MAX_MODEL_TERMS:
+        return SolveResult.unknown(
+            "joint",
+            analytical,
+            time.perf_counter() - start,
+            SOLVER_NAME,
+            settings.describe(),
+            note=f"not solved: the model would have {size} table entries and replicas, more "
+            f"than the {MAX_MODEL_TERMS} one model may have; the bound is analytical",
+        )
 
     # Integers: exact with the lcm of every count and denominator when it fits, else a
     # power-of-two resolution (each table entry then off by at most 1/2).
-    counts_lcm = 1
-    for c in range(1, most + 1):
-        counts_lcm = math.lcm(counts_lcm, c)
+    total = sum(exact, Fraction(0))
     denominators_lcm = 1
     for w in exact:
         denominators_lcm = math.lcm(denominators_lcm, w.denominator)
+    counts_lcm = 1
+    for c in range(1, most + 1):
+        counts_lcm = math.lcm(counts_lcm, c)
+        if total * counts_lcm * denominators_lcm > INTEGER_BUDGET:
+            break  # not exact anyway: stop before the lcm grows without bound
     common = counts_lcm * denominators_lcm  # makes every w_i * x / c an integer
-    total = sum(exact, Fraction(0))
     # The largest number in the model is a GPU's load, at most the scaled total.
     is_exact = total * common <= INTEGER_BUDGET
     scale = Fraction(common)
@@ -143,7 +175,7 @@ def solve_joint(
         return round(value)
 
     scaled = [scaled_share(i, 1, 1) for i in range(n)]
-    most_here = 1 if distinct else min(cap, most)  # replicas of one expert on one GPU
+    guess = joint_heuristic(exact, num_slots, num_packs, distinct)
     model = cp_model.CpModel()
     count = [model.new_int_var(1, most, f"c{i}") for i in range(n)]
     held = [
@@ -158,6 +190,8 @@ def solve_joint(
     ]
     model.add(sum(count) == num_slots)
     for i in range(n):
+        if deadline.expired():
+            break  # building the model uses the time up: answer with the guess below
         model.add(sum(held[i]) == count[i])
         pairs = [
             (c, x, scaled_share(i, c, x))
@@ -179,37 +213,43 @@ def solve_joint(
     model.add(peak == loads[0])
     model.minimize(peak)
 
-    guess = joint_heuristic(exact, num_slots, num_packs, distinct)
     if guess is not None:
         counts, pack_of = guess
         labels = replica_listing(counts)
         per_pack = [[0] * num_packs for _ in range(n)]
+        pack_load = [Fraction(0)] * num_packs
         for label, p in zip(labels, pack_of, strict=True):
             per_pack[label][p] += 1
-        order = sorted(
-            range(num_packs),
-            key=lambda p: (
-                -sum(
-                    exact[labels[j]] / counts[labels[j]]
-                    for j in range(num_slots)
-                    if pack_of[j] == p
-                )
-            ),
-        )
+            pack_load[p] += exact[label] / counts[label]
+        order = sorted(range(num_packs), key=lambda p: -pack_load[p])
         for i in range(n):
             model.add_hint(count[i], counts[i])
             for g, p in enumerate(order):
                 model.add_hint(held[i][g], per_pack[i][p])
 
-    solver, code = solve(settings, model, guess is not None or not distinct, "joint")
+    code = cp_model.UNKNOWN
+    bound = analytical
+    if not deadline.expired():
+        solver, code = solve(settings, model, guess is not None or not distinct, "joint", deadline)
+        if code == cp_model.INFEASIBLE:
+            return SolveResult.infeasible(
+                "joint", analytical, time.perf_counter() - start, SOLVER_NAME, settings.describe()
+            )
+        solver_bound = Fraction(integer_bound(solver)) - (0 if is_exact else Fraction(cap, 2))
+        bound = max(analytical, solver_bound / scale)
     elapsed = time.perf_counter() - start
-    if code == cp_model.INFEASIBLE:
-        return SolveResult.infeasible(
-            "joint", analytical, elapsed, SOLVER_NAME, settings.describe()
-        )
-    solver_bound = Fraction(integer_bound(solver)) - (0 if is_exact else Fraction(cap, 2))
-    bound = max(analytical, solver_bound / scale)
-    if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        counts = [int(solver.value(v)) for v in count]
+        pack_of = [
+            g
+            for i in range(n)
+            for g in range(num_packs)
+            for _ in range(int(solver.value(held[i][g])))
+        ]
+    elif guess is not None:  # out of time before CP-SAT found one: the greedy's placement
+        counts, pack_of = guess
+        code = cp_model.FEASIBLE
+    else:
         return SolveResult.unknown(
             "joint",
             bound,
@@ -218,10 +258,6 @@ def solve_joint(
             settings.describe(),
             None if is_exact else 1 / scale,
         )
-    counts = [int(solver.value(v)) for v in count]
-    pack_of = [
-        g for i in range(n) for g in range(num_packs) for _ in range(int(solver.value(held[i][g])))
-    ]
     labels = replica_listing(counts)
     problems = count_problems(counts, n, num_slots) + packing_problems(
         pack_of, num_packs, labels if distinct else None

@@ -53,10 +53,10 @@ from oracle.pipeline import (
     MAX_SPLITS,
     certify_layer,
     certify_row,
-    count_splits,
-    group_splits,
     node_experts,
     optimal_layer,
+    split_count,
+    splits_of,
 )
 from oracle.result import SolveResult, Status
 from spec.migration import count_transfers, exact_gpu_loads, validate_placement
@@ -488,12 +488,6 @@ class LayerSearch:
         return row
 
 
-def splits_of(problem: BalancingProblem) -> list[Split]:
-    if problem.packing_nodes == 1:
-        return [((0,),)]
-    return list(group_splits(problem.packing_groups, problem.packing_nodes))
-
-
 def split_of_row(problem: BalancingProblem, row: Sequence[int]) -> tuple[Split, list[int]]:
     """The split of a valid placement's groups over the nodes, in ``group_splits``' form,
     and the node of each of its blocks."""
@@ -551,7 +545,7 @@ def fewest_transfers(
             transfers = row_transfers(problem, old, explicit)
             if best is None or transfers < best[0]:
                 best = (transfers, explicit.tolist())
-    too_many = count_splits(problem.packing_groups, problem.packing_nodes) > MAX_SPLITS
+    too_many = split_count(problem) > MAX_SPLITS
     if exhaustive and too_many:
         raise ValueError("too many group splits for the exhaustive migration oracle")
     splits = [] if too_many else splits_of(problem)

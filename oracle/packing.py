@@ -4,6 +4,8 @@ minimising the heaviest pack; optionally no two items with one label in a pack.
 CP-SAT model: one Boolean per (item, pack); items sorted heaviest first with "item ``j``
 only in packs ``0..j``" (breaks the symmetry of identical packs); a greedy solution,
 improved by swaps, as the hint; the analytical bounds below as a floor on the objective.
+More than ``MAX_MODEL_TERMS`` (item, pack) pairs are answered ``UNKNOWN`` with the
+analytical bound before the model is built; the time limit covers the heuristics too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from fractions import Fraction
 
 from ortools.sat.python import cp_model
 
-from oracle.cpsat import SOLVER_NAME, SolverSettings, integer_bound, solve
+from oracle.cpsat import MAX_MODEL_TERMS, SOLVER_NAME, SolverSettings, integer_bound, solve
 from oracle.exact import as_fractions, scale_to_integers
 from oracle.heuristics import canonical_packs, greedy_packing, improve_by_swaps
 from oracle.result import Solution, SolveResult, Status
@@ -28,25 +30,30 @@ def packing_lower_bound(weights: Sequence[Fraction], num_packs: int) -> Fraction
     - the heaviest item plus the ``cap - 1`` lightest others;
     - pigeonhole: among the ``kG + 1`` heaviest items some pack holds ``k + 1``, at least
       the ``k + 1`` lightest of them, plus the ``cap - k - 1`` lightest items overall.
+
+    ``O(n log n)``: sums of runs come from prefix sums.
     """
     count = len(weights)
     cap = count // num_packs
     ordered = sorted(weights, reverse=True)
-    bound = sum(ordered, Fraction(0)) / num_packs
+    prefix = [Fraction(0)]
+    for w in ordered:
+        prefix.append(prefix[-1] + w)
+
+    def run(first: int, stop: int) -> Fraction:
+        """``sum(ordered[first:stop])``."""
+        return prefix[stop] - prefix[first] if stop > first else Fraction(0)
+
+    bound = prefix[count] / num_packs
     if count == 0:
         return bound
-    bound = max(
-        bound,
-        ordered[0] + sum(ordered[count - (cap - 1) :], Fraction(0)) if cap > 1 else ordered[0],
-    )
+    bound = max(bound, ordered[0] + run(count - (cap - 1), count) if cap > 1 else ordered[0])
     for k in range(1, cap):
         top = k * num_packs + 1
         if top > count:
             break
-        shared = sum(ordered[top - (k + 1) : top], Fraction(0))
         rest = cap - k - 1
-        smallest = sum(ordered[count - rest :], Fraction(0)) if rest > 0 else Fraction(0)
-        bound = max(bound, shared + smallest)
+        bound = max(bound, run(top - (k + 1), top) + run(count - rest, count))
     return bound
 
 
@@ -84,6 +91,7 @@ def solve_packing(
     settings = settings or SolverSettings()
     exact = as_fractions(weights)
     start = time.perf_counter()
+    deadline = settings.deadline()
     count = len(exact)
     cap = count // num_packs
     analytical = packing_lower_bound(exact, num_packs)
@@ -101,6 +109,18 @@ def solve_packing(
                 "pigeonhole",
                 note=f"label {crowded[0]} has {per_label[crowded[0]]} items for {num_packs} packs",
             )
+
+    size = count * num_packs  # one Boolean per (item, pack), about
+    if size > MAX_MODEL_TERMS:
+        return SolveResult.unknown(
+            "packing",
+            analytical,
+            time.perf_counter() - start,
+            SOLVER_NAME,
+            settings.describe(),
+            note=f"not solved: {count} items x {num_packs} packs = {size} model variables, "
+            f"more than the {MAX_MODEL_TERMS} one model may have; the bound is analytical",
+        )
 
     scaled = scale_to_integers(exact)
     order = sorted(range(count), key=lambda j: (-scaled.integers[j], j))
@@ -141,33 +161,51 @@ def solve_packing(
     if start_from is None:
         start_from = greedy_packing(w, num_packs, lab)
     if start_from is not None:
-        start_from = canonical_packs(improve_by_swaps(w, start_from, num_packs, lab))
+        start_from = canonical_packs(
+            improve_by_swaps(w, start_from, num_packs, lab, deadline=deadline)
+        )
         for (j, p), var in x.items():
             model.add_hint(var, start_from[j] == p)
 
-    solver, code = solve(settings, model, start_from is not None or lab is None, "packing")
-    elapsed = time.perf_counter() - start
-    if code == cp_model.INFEASIBLE:
-        return SolveResult.infeasible(
-            "packing", analytical, elapsed, SOLVER_NAME, settings.describe()
+    if deadline.expired():  # the heuristics used the time up: answer with their packing
+        elapsed = time.perf_counter() - start
+        if start_from is None:
+            return SolveResult.unknown(
+                "packing", analytical, elapsed, SOLVER_NAME, settings.describe()
+            )
+        sorted_pack = list(start_from)
+        bound = analytical
+        code = cp_model.FEASIBLE
+    else:
+        solver, code = solve(
+            settings, model, start_from is not None or lab is None, "packing", deadline
         )
-    solver_bound = Fraction(integer_bound(solver))
-    if not scaled.exact:
-        solver_bound -= Fraction(cap, 2)  # each of a pack's cap items rounded by <= 1/2
-    bound = max(analytical, solver_bound / scaled.scale)
-    if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return SolveResult.unknown(
-            "packing",
-            bound,
-            elapsed,
-            SOLVER_NAME,
-            settings.describe(),
-            None if scaled.exact else 1 / scaled.scale,
-        )
-    sorted_pack = [0] * count
-    for (j, p), var in x.items():
-        if solver.value(var):
-            sorted_pack[j] = p
+        elapsed = time.perf_counter() - start
+        if code == cp_model.INFEASIBLE:
+            return SolveResult.infeasible(
+                "packing", analytical, elapsed, SOLVER_NAME, settings.describe()
+            )
+        solver_bound = Fraction(integer_bound(solver))
+        if not scaled.exact:
+            solver_bound -= Fraction(cap, 2)  # each of a pack's cap items rounded by <= 1/2
+        bound = max(analytical, solver_bound / scaled.scale)
+        if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            sorted_pack = [0] * count
+            for (j, p), var in x.items():
+                if solver.value(var):
+                    sorted_pack[j] = p
+        elif start_from is not None:  # out of time before CP-SAT found one: the hint
+            sorted_pack = list(start_from)
+            code = cp_model.FEASIBLE
+        else:
+            return SolveResult.unknown(
+                "packing",
+                bound,
+                elapsed,
+                SOLVER_NAME,
+                settings.describe(),
+                None if scaled.exact else 1 / scaled.scale,
+            )
     pack_of = [0] * count
     for position, item in enumerate(order):
         pack_of[item] = sorted_pack[position]

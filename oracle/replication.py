@@ -1,14 +1,24 @@
 """Replication, exactly: minimise ``max_i w_i / c_i`` over ``c_i >= 1``, ``sum c_i = S``.
 
-The optimum is one of the values ``w_i / k`` (``1 <= k <= S - n + 1``): at an optimum
-some expert attains the peak. The fewest slots that keep every replica at or below ``T``
-is ``need(T) = sum_i max(1, ceil(w_i / T))``, non-increasing in ``T``, so the optimum is
-the smallest candidate with ``need(T) <= S``, found by bisection over the sorted
-candidates. All arithmetic is on exact rationals: no float ``ceil`` anywhere.
+The fewest slots that keep every replica at or below ``T`` is
+``need(T) = sum_i max(1, ceil(w_i / T))``, non-increasing in ``T``; the optimum ``T*`` is
+the least ``T`` with ``need(T) <= S``, and the counts ``c_min_i = max(1, ceil(w_i / T*))``
+are the fewest that reach it.
+
+``optimal_peak`` never enumerates candidates ``w_i / k`` (there are ``n (S - n + 1)`` of
+them, too many for ``S = 10**12``). With ``W = sum w``, the threshold ``T0 = W / (S - n)``
+is feasible (``max(1, ceil(x)) <= x + 1``, so ``need(T0) <= S``), hence ``T0 >= T*`` and
+its counts ``c(T0)`` are at most ``c_min``, and they use at least ``S - n`` slots. The
+last ``<= n`` slots go one at a time to the expert with the heaviest replica (a heap).
+That greedy ends at the optimum: while the counts stay below some optimal vector it
+adds to an expert whose count is still below it, or else the heaviest replica is
+already at most ``T*``. ``O(n log n)`` exact rational steps, whatever ``S``; no float
+``ceil`` anywhere.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Sequence
 from fractions import Fraction
@@ -33,21 +43,33 @@ def slots_needed(weights: Sequence[Fraction], threshold: Fraction) -> int:
     return total
 
 
+def optimal_counts(weights: Sequence[Fraction], num_slots: int) -> list[int]:
+    """Counts (``c_i >= 1``, summing to ``num_slots``) with the least ``max_i w_i / c_i``."""
+    n = len(weights)
+    total = sum(weights, Fraction(0))
+    if total == 0:
+        counts = [1] * n
+        counts[0] += num_slots - n
+        return counts
+    scale = Fraction(num_slots - n) / total  # 1 / T0
+    counts = [
+        max(1, ceil_div(w.numerator * scale.numerator, w.denominator * scale.denominator))
+        for w in weights
+    ]
+    spare = num_slots - sum(counts)
+    assert 0 <= spare <= n, "the start point uses between S - n and S slots"
+    heap = [(-(w / c), i) for i, (w, c) in enumerate(zip(weights, counts, strict=True))]
+    heapq.heapify(heap)
+    for _ in range(spare):
+        _, i = heapq.heappop(heap)
+        counts[i] += 1
+        heapq.heappush(heap, (-(weights[i] / counts[i]), i))
+    return counts
+
+
 def optimal_peak(weights: Sequence[Fraction], num_slots: int) -> Fraction:
     """The least achievable ``max_i w_i / c_i``."""
-    n = len(weights)
-    if max(weights) == 0:
-        return Fraction(0)
-    most = num_slots - n + 1
-    candidates = sorted({w / k for w in weights if w > 0 for k in range(1, most + 1)})
-    low, high = 0, len(candidates) - 1  # candidates[high] = max w is always feasible
-    while low < high:
-        middle = (low + high) // 2
-        if slots_needed(weights, candidates[middle]) <= num_slots:
-            high = middle
-        else:
-            low = middle + 1
-    return candidates[low]
+    return replication_peak(weights, optimal_counts(weights, num_slots))
 
 
 def counts_for_peak(weights: Sequence[Fraction], num_slots: int, peak: Fraction) -> list[int]:
@@ -59,10 +81,8 @@ def counts_for_peak(weights: Sequence[Fraction], num_slots: int, peak: Fraction)
             max(1, ceil_div(w.numerator * peak.denominator, w.denominator * peak.numerator))
             for w in weights
         ]
-    spare = num_slots - sum(counts)
-    for i in range(spare):
-        counts[i % len(counts)] += 1
-    return counts
+    each, extra = divmod(num_slots - sum(counts), len(counts))
+    return [c + each + (1 if i < extra else 0) for i, c in enumerate(counts)]
 
 
 def check_replication_input(weights: Sequence[object], num_slots: object) -> None:
@@ -96,5 +116,5 @@ def solve_replication(weights: Sequence[float | int | Fraction], num_slots: int)
         bound=peak,
         solution=Solution(counts=tuple(counts)),
         wall_time_s=time.perf_counter() - start,
-        solver="exact rational bisection over candidate peaks",
+        solver="exact rational threshold and greedy",
     )

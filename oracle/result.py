@@ -83,8 +83,10 @@ class SolveResult:
         solver: str,
         parameters: dict[str, Any],
         resolution: Fraction | None = None,
+        note: str = "no solution within the time limit",
     ) -> SolveResult:
-        """No solution within the time limit; only the bound is known."""
+        """No solution (within the time limit, or not tried: ``note`` says which); only
+        the bound is known."""
         return cls(
             problem,
             Status.UNKNOWN,
@@ -96,7 +98,7 @@ class SolveResult:
             parameters,
             exact=resolution is None,
             resolution=resolution,
-            note="no solution within the time limit",
+            note=note,
         )
 
     @property

@@ -8,17 +8,102 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from impl.balancer import BalanceResult, Variant, balance
-from properties.workloads import TRACE_CLUSTER, Workload, default_workloads
+from properties.workloads import TRACE_CLUSTER, Workload, default_workloads, find_trace_dir
 from spec.objectives import balancedness, gpu_loads, gpus_with_duplicate_replicas
-from spec.problem import BalancingProblem
+from spec.problem import BalancingProblem, check_cluster, check_output_size
+
+# Upper limits of numeric options: far above any sensible run, low enough that nothing
+# downstream overflows (a per-call timeout goes to a pipe's poll, in nanoseconds).
+MAX_TIMEOUT_S = 86_400.0
+MAX_ROUNDS = 1000
+MAX_VECTORS = 10_000
+MAX_CLUSTER_VALUE = 2**28
+
+
+class UsageError(ValueError):
+    """A command-line argument argparse refused."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised, for ``main`` to print as one line and
+    return exit status 2 (argparse would print the usage too and exit)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def finite_float(low: float, high: float, *, strict_low: bool, what: str) -> Callable[[str], float]:
+    """A finite float in ``(low, high]`` (``[low, high]`` unless ``strict_low``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        above_low = value > low if strict_low else value >= low
+        if not (math.isfinite(value) and above_low and value <= high):
+            side = "above" if strict_low else "at least"
+            raise argparse.ArgumentTypeError(
+                f"must be a finite {what} {side} {low:g} and at most {high:g}, got {text}"
+            )
+        return value
+
+    return parse
+
+
+def check_writable(path: str | None, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{option} {path}: is a directory, not a file")
+    existed = target.exists()
+    try:
+        with target.open("a"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{option} {path}: cannot write ({error.strerror})") from None
+    if not existed:
+        target.unlink()
+
+
+def check_cluster_options(
+    cluster: tuple[int, int, int, int], workloads: Sequence[Workload]
+) -> None:
+    """The report's cluster against every workload, before any balancing."""
+    replicas, groups, nodes, gpus = cluster
+    options = f"--replicas {replicas} --groups {groups} --nodes {nodes} --gpus {gpus}"
+    for workload in workloads:
+        layers, experts = workload.loads.shape
+        try:
+            check_cluster(experts, replicas, groups, nodes, gpus)
+            check_output_size(layers, experts, replicas)
+        except ValueError as error:
+            raise ValueError(f"{options} on {workload.name} ({experts} experts): {error}") from None
 
 
 @dataclass(frozen=True)
@@ -122,6 +207,7 @@ def print_report(
 def run_report(args: argparse.Namespace) -> int:
     cluster = (args.replicas, args.groups, args.nodes, args.gpus)
     workloads, note = default_workloads(args.data)
+    check_cluster_options(cluster, workloads)
     rows = [report_trace(w, cluster) for w in workloads]
     print_report(rows, cluster, note)
     if args.json:
@@ -135,7 +221,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="eplb-spec",
         description="Specification, reference and checks for expert-parallelism load balancing.",
     )
@@ -148,10 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--data", help="folder of trace *.json files (default: ../shared/data/...)")
     replicas, groups, nodes, gpus = TRACE_CLUSTER
-    report.add_argument("--replicas", type=int, default=replicas, help=f"default {replicas}")
-    report.add_argument("--groups", type=int, default=groups, help=f"default {groups}")
-    report.add_argument("--nodes", type=int, default=nodes, help=f"default {nodes}")
-    report.add_argument("--gpus", type=int, default=gpus, help=f"default {gpus}")
+    size = bounded_int(1, MAX_CLUSTER_VALUE)
+    report.add_argument("--replicas", type=size, default=replicas, help=f"default {replicas}")
+    report.add_argument("--groups", type=size, default=groups, help=f"default {groups}")
+    report.add_argument("--nodes", type=size, default=nodes, help=f"default {nodes}")
+    report.add_argument("--gpus", type=size, default=gpus, help=f"default {gpus}")
     report.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     report.set_defaults(handler=run_report)
 
@@ -162,7 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
         "larger generated case, the fast implementation's scaling, and its peak memory.",
     )
     bench.add_argument("--data", help="folder of trace *.json files")
-    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    bench.add_argument(
+        "--rounds",
+        type=bounded_int(1, MAX_ROUNDS),
+        default=3,
+        help=f"interleaved rounds, 1..{MAX_ROUNDS} (default 3)",
+    )
     bench.add_argument("--json", metavar="FILE", help="also write the tables as JSON")
     bench.set_defaults(handler=run_bench)
 
@@ -189,9 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
         "rebalance_experts signature (default: this project's reference)",
     )
     gate.add_argument("--quick", action="store_true", help="reduced suite, under 30 s")
-    gate.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default 60)")
     gate.add_argument(
-        "--max-gap", type=float, metavar="PERCENT", help="fail above this gap to the optimum"
+        "--timeout",
+        type=finite_float(0.0, MAX_TIMEOUT_S, strict_low=True, what="number of seconds"),
+        default=60.0,
+        help=f"seconds per call, at most {MAX_TIMEOUT_S:g} (default 60)",
+    )
+    gate.add_argument(
+        "--max-gap",
+        type=finite_float(0.0, 1e6, strict_low=False, what="percentage"),
+        metavar="PERCENT",
+        help="fail above this gap to the optimum",
     )
     gate.add_argument("--data", help="folder of trace *.json files")
     gate.add_argument("--json", metavar="FILE", help="write the report as JSON")
@@ -239,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vectors.add_argument("--out", default="vectors", help="folder (default: vectors)")
     vectors.add_argument("--tiers", default="small", help="comma-separated: small,medium,large")
-    vectors.add_argument("--count", type=int, default=None, help="vectors per tier")
+    vectors.add_argument(
+        "--count", type=bounded_int(1, MAX_VECTORS), default=None, help="vectors per tier"
+    )
     vectors.set_defaults(handler=run_vectors)
 
     solve = commands.add_parser(
@@ -249,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
         '{"problem": "replication", "weights": [...], "num_slots": S}, '
         '{"problem": "packing", "weights": [...], "num_packs": G, "labels": [...]}, '
         '{"problem": "joint", "weights": [...], "num_slots": S, "num_packs": G, '
-        '"distinct": false}; optional "time_limit_s" (default 10) and "seed" (default 0).',
+        '"distinct": false}, {"problem": "layer", "weights": [...], "num_replicas": R, '
+        '"num_groups": Gr, "num_nodes": N, "num_gpus": P}; optional "time_limit_s" '
+        '(default 10, bounds the whole solve) and "seed" (default 0).',
     )
     solve.add_argument("file", help="instance JSON file")
     solve.set_defaults(handler=run_solve)
@@ -265,10 +369,14 @@ def run_oracle_bench(args: argparse.Namespace) -> int:
 def run_gate_command(args: argparse.Namespace) -> int:
     from properties.gate import gate_main
 
-    if not args.timeout > 0:
-        raise ValueError(f"--timeout must be positive, got {args.timeout}")
-    if args.max_gap is not None and args.max_gap < 0:
-        raise ValueError(f"--max-gap must be non-negative, got {args.max_gap}")
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_TIMEOUT_S):
+        raise ValueError(
+            f"--timeout must be a finite number of seconds in (0, {MAX_TIMEOUT_S:g}], "
+            f"got {args.timeout}"
+        )
+    if args.max_gap is not None and not (math.isfinite(args.max_gap) and args.max_gap >= 0):
+        raise ValueError(f"--max-gap must be a finite percentage >= 0, got {args.max_gap}")
+    default_workloads(args.data)  # a bad trace is an error now, not after the checks
 
     def sections(text: str | None) -> list[str] | None:
         return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
@@ -303,9 +411,21 @@ def run_gate_command(args: argparse.Namespace) -> int:
 
 
 def run_vectors(args: argparse.Namespace) -> int:
-    from properties.vectors import write_tiers
+    from properties.vectors import TIERS, write_tiers
 
     tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
+    unknown = [t for t in tiers if t not in TIERS]
+    if unknown or not tiers:
+        raise ValueError(f"--tiers must name some of {', '.join(TIERS)}, got {args.tiers!r}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out}: is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {args.out}: cannot create the folder ({error.strerror})") from None
+    for tier in tiers:
+        check_writable(str(out / f"{tier}.json"), "--out")
     defaults = {"small": 60, "medium": 30, "large": 12}
     counts = {t: args.count if args.count is not None else defaults.get(t, 10) for t in tiers}
     for path in write_tiers(Path(args.out), tiers, counts):
@@ -324,8 +444,8 @@ def run_solve(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     from properties.bench import run_benchmark
 
-    if args.rounds < 1:
-        raise ValueError(f"--rounds must be at least 1, got {args.rounds}")
+    if not 1 <= args.rounds <= MAX_ROUNDS:
+        raise ValueError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {args.rounds}")
     return run_benchmark(args.data, args.rounds, args.json)
 
 
@@ -334,8 +454,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if not arguments or (arguments[0].startswith("-") and arguments[0] not in ("-h", "--help")):
         arguments.insert(0, "report")
-    args = parser.parse_args(arguments)
     try:
+        args = parser.parse_args(arguments)
+        check_writable(getattr(args, "json", None), "--json")
+        if getattr(args, "data", None) is not None:
+            find_trace_dir(args.data)
         code: int = args.handler(args)
     except (ValueError, TypeError) as error:
         print(f"eplb-spec: error: {error}", file=sys.stderr)

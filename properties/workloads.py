@@ -8,13 +8,15 @@ generated workload of the same shape and are told so.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from oracle.exact import Unrepresentable, read_json
+from spec.problem import loads_as_float64
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -23,6 +25,8 @@ DATA_ENV = "EPLB_SPEC_DATA"
 
 # The cluster the traces are studied on: (num_replicas, num_groups, num_nodes, num_gpus).
 TRACE_CLUSTER = (288, 8, 4, 32)
+# A trace file is read whole; the real ones are about 150 kB.
+MAX_TRACE_BYTES = 64 * 2**20
 # DeepSeek-V3: 61 layers, the first 3 dense; 58 MoE layers of 256 routed experts.
 TRACE_SHAPE = (58, 256)
 
@@ -57,19 +61,20 @@ def find_trace_dir(explicit: str | os.PathLike[str] | None = None) -> Path | Non
 def load_trace(path: Path) -> FloatArray:
     """A trace's ``[layers, experts]`` loads, without the leading all-zero (dense) layers.
 
-    The file is JSON with a ``"logical_count"`` key holding one list of per-expert token
-    counts for each layer.
+    The file is JSON (at most ``MAX_TRACE_BYTES``) with a ``"logical_count"`` key holding
+    one list of per-expert token counts for each layer. Every count must be a finite,
+    non-negative number (no strings, booleans, NaN or values beyond float64), the rows
+    equally long, and each layer's sum within the float64 range.
     """
-    try:
-        document = json.loads(path.read_text())
-        rows = document["logical_count"]
-        loads = np.asarray(rows, dtype=np.float64)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(
-            f"{path}: not a trace file with a 'logical_count' matrix ({error})"
-        ) from None
-    if loads.ndim != 2 or loads.size == 0:
-        raise ValueError(f"{path}: 'logical_count' must be a non-empty [layers, experts] matrix")
+    document = read_json(path, MAX_TRACE_BYTES)
+    rows = document.get("logical_count") if isinstance(document, dict) else None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
+        raise ValueError(f"{path}: not a trace file with a 'logical_count' matrix")
+    for layer, row in enumerate(rows):
+        for expert, value in enumerate(row):
+            if isinstance(value, Unrepresentable):
+                raise ValueError(f"{path}: logical_count[{layer}][{expert}] = {value.problem()}")
+    loads = loads_as_float64(rows, f"{path}: logical_count")
     dense = 0
     while dense < loads.shape[0] - 1 and not loads[dense].any():
         dense += 1

@@ -40,12 +40,15 @@ def peak_gpu_load(
 def balancedness(per_gpu: FloatArray) -> float:
     """``sum_l mean_g load / sum_l max_g load``, as engines log it; in ``(0, 1]``.
 
-    A workload with no load at all counts as perfectly balanced (1.0).
+    A workload with no load at all counts as perfectly balanced (1.0). Loads are divided
+    by the largest one first, so that sums over many layers near the float64 limit
+    cannot overflow (the ratio is unchanged up to rounding).
     """
-    peak_total = float(per_gpu.max(-1).sum())
-    if peak_total == 0.0:
+    largest = float(per_gpu.max()) if per_gpu.size else 0.0
+    if largest == 0.0:
         return 1.0
-    return float(per_gpu.mean(-1).sum()) / peak_total
+    scaled = per_gpu / largest
+    return float(scaled.mean(-1).sum()) / float(scaled.max(-1).sum())
 
 
 def peak_replica_load(loads: FloatArray, logcnt: IntArray) -> FloatArray:

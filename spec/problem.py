@@ -49,22 +49,92 @@ def require_positive_int(value: object, name: str) -> int:
     return int(number)
 
 
+# float64's largest finite value: loads, and their per-layer sums, stay within it.
+FLOAT64_MAX = float(np.finfo(np.float64).max)
+# The most int64 values a problem's outputs may need (phy2log, log2phy, logcnt): 2 GiB.
+MAX_OUTPUT_ELEMENTS = 2**28
+
+
+def _tensor_as_float64(weight: torch.Tensor, name: str) -> FloatArray:
+    if weight.is_nested:
+        raise TypeError(f"{name} must be a dense tensor, got a nested tensor")
+    if weight.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {weight.layout}")
+    if weight.is_quantized:
+        raise TypeError(f"{name} must hold real numbers, got quantized dtype {weight.dtype}")
+    if weight.dtype == torch.bool or weight.dtype.is_complex:
+        raise TypeError(f"{name} must hold real numbers, got dtype {weight.dtype}")
+    if weight.is_meta:
+        raise ValueError(f"{name} is a meta tensor: it has a shape but no values")
+    result: FloatArray = weight.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+    return result
+
+
+def _is_real_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def _nested_as_float64(weight: list[Any] | tuple[Any, ...], name: str) -> FloatArray:
+    """Nested sequences ``[layers][experts]`` of real numbers, checked one by one (no
+    bools, strings or ragged rows; integers beyond the float64 range refused)."""
+    rows: list[list[float]] = []
+    for layer, row in enumerate(weight):
+        if isinstance(row, (np.ndarray, torch.Tensor)):
+            row = row.tolist()
+        if not isinstance(row, (list, tuple)):
+            raise ValueError(
+                f"{name} must be 2-D [layers, experts], got a sequence of {type(row).__name__}"
+            )
+        values = []
+        for expert, value in enumerate(row):
+            if not _is_real_number(value):
+                shown = repr(value)
+                raise TypeError(
+                    f"{name}[{layer}][{expert}] must be a real number, got "
+                    f"{type(value).__name__} {shown if len(shown) <= 40 else shown[:37] + '...'}"
+                )
+            if isinstance(value, (int, np.integer)) and abs(int(value)) > FLOAT64_MAX:
+                raise ValueError(
+                    f"{name}[{layer}][{expert}] = a {len(str(abs(int(value))))}-digit integer "
+                    f"is beyond the float64 range"
+                )
+            values.append(float(value))
+        if rows and len(values) != len(rows[0]):
+            raise ValueError(
+                f"{name} must be 2-D [layers, experts]: row 0 has {len(rows[0])} values, "
+                f"row {layer} has {len(values)}"
+            )
+        rows.append(values)
+    array = np.array(rows, dtype=np.float64)
+    return array.reshape(len(rows), len(rows[0]) if rows else 0)
+
+
 def loads_as_float64(weight: object, name: str = "weight") -> FloatArray:
     """A float64 copy of a ``[layers, experts]`` load matrix, after checking it.
 
-    Accepts a ``torch.Tensor`` on any device, a ``numpy.ndarray`` or nested sequences of
-    real numbers. Integer loads up to 2**53 convert exactly; larger ones round to the
-    nearest float64, as the balancer computes in float64.
+    Accepts a dense ``torch.Tensor`` on any device, a ``numpy.ndarray`` or nested
+    sequences of real numbers. Integer loads up to 2**53 convert exactly; larger ones
+    round to the nearest float64, as the balancer computes in float64. Refused: meta,
+    quantized, nested and sparse tensors, non-real dtypes, NaN, infinities, negative
+    values, values beyond the float64 range and layers whose sum overflows float64.
     """
     if isinstance(weight, torch.Tensor):
-        if weight.dtype == torch.bool or weight.dtype.is_complex:
+        array = _tensor_as_float64(weight, name)
+    elif isinstance(weight, np.ndarray) and weight.dtype != np.object_:
+        if weight.dtype == np.bool_ or weight.dtype.kind not in "iuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {weight.dtype}")
-        array = weight.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
-    elif isinstance(weight, (np.ndarray, list, tuple)):
-        raw = np.asarray(weight)
-        if raw.dtype == np.bool_ or raw.dtype.kind not in "iuf":
-            raise TypeError(f"{name} must hold real numbers, got dtype {raw.dtype}")
-        array = raw.astype(np.float64, copy=True)
+        array = weight.astype(np.float64, copy=True)
+        overflow = np.isinf(array) & np.isfinite(weight)
+        if overflow.any():
+            layer, expert = (int(i) for i in np.argwhere(overflow)[0])
+            raise ValueError(f"{name}[{layer}, {expert}] is beyond the float64 range")
+    elif isinstance(weight, (list, tuple, np.ndarray)):
+        nested = weight.tolist() if isinstance(weight, np.ndarray) else weight
+        if isinstance(nested, list) and nested and all(_is_real_number(v) for v in nested):
+            raise ValueError(f"{name} must be 2-D [layers, experts], got shape ({len(nested)},)")
+        array = _nested_as_float64(nested, name)
     else:
         raise TypeError(
             f"{name} must be a torch.Tensor, numpy.ndarray or nested list, "
@@ -81,9 +151,31 @@ def loads_as_float64(weight: object, name: str = "weight") -> FloatArray:
     if (array < 0).any():
         layer, expert = (int(i) for i in np.argwhere(array < 0)[0])
         raise ValueError(
-            f"{name} must be non-negative, found {array[layer, expert]!r} at [{layer}, {expert}]"
+            f"{name} must be non-negative, found {float(array[layer, expert])!r} at "
+            f"[{layer}, {expert}]"
+        )
+    with np.errstate(over="ignore"):
+        sums = array.sum(axis=1)
+    if not np.isfinite(sums).all():
+        layer = int(np.flatnonzero(~np.isfinite(sums))[0])
+        raise ValueError(
+            f"{name}'s layer {layer} sums to more than the float64 range "
+            f"({FLOAT64_MAX:.4g}); per-layer sums must be finite"
         )
     return array
+
+
+def check_output_size(num_layers: int, num_experts: int, num_replicas: int) -> None:
+    """Refuse a problem whose outputs would need more than ``MAX_OUTPUT_ELEMENTS`` int64
+    values: phy2log ``[L, R]``, log2phy ``[L, E, R - E + 1]`` and logcnt ``[L, E]``."""
+    width = max(1, num_replicas - num_experts + 1)
+    needed = num_layers * (num_replicas + num_experts * width + num_experts)
+    if needed > MAX_OUTPUT_ELEMENTS:
+        raise ValueError(
+            f"num_replicas ({num_replicas}) with {num_layers} layer(s) of {num_experts} "
+            f"experts needs {needed} output values (phy2log, log2phy, logcnt); at most "
+            f"2**28 = {MAX_OUTPUT_ELEMENTS} are supported"
+        )
 
 
 def check_cluster(
@@ -149,6 +241,7 @@ class BalancingProblem:
         nodes = require_positive_int(num_nodes, "num_nodes")
         gpus = require_positive_int(num_gpus, "num_gpus")
         policy = check_cluster(int(array.shape[1]), replicas, groups, nodes, gpus)
+        check_output_size(int(array.shape[0]), int(array.shape[1]), replicas)
         object.__setattr__(self, "loads", array)
         object.__setattr__(self, "num_replicas", replicas)
         object.__setattr__(self, "num_groups", groups)

@@ -295,7 +295,8 @@ def test_run_fidelity_shrinks_to_a_small_input_at_the_right_step() -> None:
         first.input["num_gpus"],
     )
     assert problem.num_layers == 1
-    assert problem.num_replicas <= 16 and problem.num_experts <= 8
+    assert problem.num_replicas <= 16
+    assert problem.num_experts <= 8
     assert report_of(ports.without_refinement_b, problem, "seed").divergences == [divergence]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import random
 import re
 from fractions import Fraction
@@ -20,11 +22,15 @@ from oracle.instances import solve_instance
 from oracle.joint import solve_joint
 from oracle.packing import packing_lower_bound, solve_packing
 from oracle.pipeline import (
+    MAX_SPLITS,
+    capped_comb,
     certify_layer,
     count_splits,
     group_splits,
     layer_lower_bound,
+    max_groups_per_node,
     optimal_layer,
+    splits_of,
 )
 from oracle.replication import solve_replication
 from oracle.result import SolveResult, Status
@@ -184,12 +190,68 @@ def test_float_weights_that_do_not_scale_exactly_get_an_honest_interval() -> Non
     assert result.bound <= Fraction(1e300) + 1 <= (result.objective or 0)
 
 
-def test_group_splits_are_all_distinct_and_counted() -> None:
-    for groups, nodes in [(8, 4), (6, 3), (4, 2), (6, 2), (4, 4), (3, 1)]:
-        splits = list(group_splits(groups, nodes))
-        assert len(splits) == count_splits(groups, nodes)
-        assert len({frozenset(frozenset(b) for b in s) for s in splits}) == len(splits)
-    assert count_splits(8, 4) == 105
+def splits_by_brute_force(groups: int, nodes: int, most: int) -> set[frozenset[frozenset[int]]]:
+    """Every assignment of groups to labelled nodes, kept when each node holds 1..most
+    groups, as a set of unlabelled blocks."""
+    found = set()
+    for assignment in itertools.product(range(nodes), repeat=groups):
+        blocks = [frozenset(g for g in range(groups) if assignment[g] == n) for n in range(nodes)]
+        if all(1 <= len(b) <= most for b in blocks):
+            found.add(frozenset(blocks))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("groups", "nodes", "most"),
+    [
+        (6, 3, 2),
+        (6, 3, 3),
+        (6, 3, 6),
+        (6, 3, 4),
+        (4, 2, 2),
+        (4, 2, 3),
+        (4, 2, 4),
+        (6, 2, 5),
+        (4, 4, 1),
+        (4, 4, 4),
+        (3, 1, 3),
+        (8, 2, 8),
+        (1, 1, 1),
+    ],
+)
+def test_group_splits_are_the_set_partitions_the_contract_allows(
+    groups: int, nodes: int, most: int
+) -> None:
+    splits = list(group_splits(groups, nodes, most))
+    as_sets = {frozenset(frozenset(b) for b in s) for s in splits}
+    assert len(as_sets) == len(splits)  # each listed once
+    assert as_sets == splits_by_brute_force(groups, nodes, most)
+    assert count_splits(groups, nodes, most) == len(splits)
+
+
+def test_split_counts() -> None:
+    assert count_splits(8, 4, 2) == 105  # the trace cluster: equal splits only
+    assert len(list(group_splits(8, 4, 2))) == 105
+    # Blocks of sizes 2-2-2-2, 3-2-2-1 and 3-3-1-1: 105 + 8!/(3!2!2!1!2!) + 8!/(3!3!2!2!).
+    assert count_splits(8, 4, 3) == 105 + 840 + 280
+    assert count_splits(8, 4, 8) == 1701  # Stirling number S(8, 4)
+    assert len(list(group_splits(8, 4, 8))) == 1701
+    assert count_splits(16, 4, 4) == MAX_SPLITS + 1  # 2,627,625 equal splits alone
+    assert count_splits(10**6, 2, 10**6) == MAX_SPLITS + 1  # counted without listing
+    assert count_splits(10**6, 10**6, 1) == 1
+    for n in range(30):
+        for k in range(n + 1):
+            assert capped_comb(n, k, 1000) == min(math.comb(n, k), 1001)
+
+
+def test_the_trace_cluster_allows_only_equal_splits() -> None:
+    # (R, Gr, N, P) = (288, 8, 4, 32) with 256 experts: 72 slots per node and 32
+    # experts per group, so a node holds at most 2 groups and 4 nodes hold 8: 2 each.
+    problem = BalancingProblem(np.ones((1, 256)), 288, 8, 4, 32)
+    assert max_groups_per_node(problem) == 2
+    splits = splits_of(problem)
+    assert len(splits) == 105
+    assert all(len(block) == 2 for split in splits for block in split)
 
 
 def example_problem(num_groups: int = 4) -> BalancingProblem:
