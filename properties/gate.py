@@ -384,7 +384,8 @@ def hunt(
         ) from error
     finally:
         progress.end()
-    state.generated = state.checked
+    if not state.failed:
+        state.generated = state.checked
     for case in hand_picked if not state.failed else ():
         try:
             check(case, state)
