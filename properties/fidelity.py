@@ -1423,6 +1423,7 @@ def run_fidelity(
     data: str | None = None,
     max_traces: int | None = None,
     tolerate_ties: bool = False,
+    cluster: tuple[int, int, int, int] | None = TRACE_CLUSTER,
 ) -> FidelityRun:
     """Compare the target ``call`` with the reference ``same_as``.
 
@@ -1430,7 +1431,8 @@ def run_fidelity(
     it searches for a divergence and shrinks it to the smallest input; when that one is
     only a tie, a second search looks for a divergence that is not. Then it compares every
     layer of the real traces (``workloads``, or those ``data`` points to; a generated
-    stand-in when none are found, said in the notes) at ``TRACE_CLUSTER``. The verdict is
+    stand-in when none are found, said in the notes) at ``cluster`` (default
+    ``TRACE_CLUSTER``; None leaves the traces out). The verdict is
     ``pass`` only when everything is identical (with ``tolerate_ties``, also when every
     difference is a tie and equivalent for balance).
     """
@@ -1471,8 +1473,13 @@ def run_fidelity(
     else:
         found = list(workloads)
     chosen = found if max_traces is None else found[:max_traces]
+    if cluster is None:
+        run.notes.append("real traces not compared: outside the target's domain")
+        return run
+    if cluster != TRACE_CLUSTER:
+        run.notes.append(f"real traces compared at {cluster}")
     for workload in chosen:
-        problem = BalancingProblem(workload.loads, *TRACE_CLUSTER, loads_name=workload.name)
+        problem = BalancingProblem(workload.loads, *cluster, loads_name=workload.name)
         try:
             report = fidelity_of(call, problem, reference)
         except TargetFailed as error:

@@ -982,16 +982,21 @@ def run_same_as(
             memory_mb,
         )
         strategy = problems().filter(lambda p: run.outside(p) is None)
+        workloads, note = default_workloads(data)
         try:
-            return run_fidelity(
+            cluster = trace_cluster(run, workloads[0].loads)
+            fidelity = run_fidelity(
                 run.call,
                 same_as,
                 strategy,
                 examples=60 if quick else 200,
-                data=data,
+                workloads=workloads,
                 max_traces=2 if quick else None,
                 tolerate_ties=tolerate_ties,
+                cluster=cluster,
             )
+            fidelity.notes[:0] = [note, *run.report.notes]
+            return fidelity
         except (TargetError, ValueError):
             raise
         except Exception as error:
