@@ -766,6 +766,7 @@ def run_gate(
     checks: Collection[str] | None = None,
     skip: Collection[str] | None = None,
     memory_mb: int = DEFAULT_MEMORY_MB,
+    import_timeout_s: float | None = None,
 ) -> GateReport:
     """Check ``target`` and return the report.
 
@@ -774,7 +775,8 @@ def run_gate(
     the target). ``refine_a`` / ``refine_b`` also check refinement functions against
     their contracts: ``refine(loads, counts) -> counts`` and
     ``refine(weights, gpu, rank, num_gpus) -> (gpu, rank)``. ``checks`` / ``skip``
-    choose sections by name (``SECTIONS``).
+    choose sections by name (``SECTIONS``). ``import_timeout_s`` bounds importing the
+    target (default: the per-call timeout, at least 60 s).
     """
     if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
         raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout_s!r}")
@@ -788,7 +790,13 @@ def run_gate(
     report = GateReport(target)
     engine = find_engine(target)
     failures = FailureCount()
-    with IsolatedTarget(target, timeout_s, memory_mb=memory_mb, failures=failures) as caller:
+    with IsolatedTarget(
+        target,
+        timeout_s,
+        memory_mb=memory_mb,
+        failures=failures,
+        import_timeout_s=import_timeout_s,
+    ) as caller:
         run = GateRun(
             report,
             budget,

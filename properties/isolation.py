@@ -40,6 +40,8 @@ STARTUP_ALLOWANCE_S = 120.0
 """Time for a fresh interpreter to import NumPy and torch before the target is loaded."""
 
 DEFAULT_MEMORY_MB = 4096
+DEFAULT_IMPORT_TIMEOUT_S = 60.0
+"""Importing a target may take this long (or the per-call timeout, when longer)."""
 OUTPUT_KEPT_BYTES = 4096
 
 
@@ -226,13 +228,23 @@ class IsolatedTarget:
         *,
         memory_mb: int = DEFAULT_MEMORY_MB,
         failures: FailureCount | None = None,
+        import_timeout_s: float | None = None,
     ) -> None:
         if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < float("inf")):
             raise ValueError(f"timeout must be a positive finite number, got {timeout_s!r}")
         if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 256:
             raise ValueError(f"memory_mb must be an int of at least 256, got {memory_mb!r}")
+        if import_timeout_s is not None and not (0 < import_timeout_s < float("inf")):
+            raise ValueError(
+                f"import timeout must be a positive finite number, got {import_timeout_s!r}"
+            )
         self.target = target
         self.timeout_s = float(timeout_s)
+        self.import_timeout_s = (
+            max(self.timeout_s, DEFAULT_IMPORT_TIMEOUT_S)
+            if import_timeout_s is None
+            else float(import_timeout_s)
+        )
         self.memory_mb = memory_mb
         self.shared_failures = failures if failures is not None else FailureCount()
         self.process: subprocess.Popen[bytes] | None = None
@@ -281,7 +293,7 @@ class IsolatedTarget:
         try:
             self.expect("started", STARTUP_ALLOWANCE_S, "start")
             write_frame(self.request_fd, {"target": self.target, "sys_path": list(sys.path)})
-            reply = self.expect("ready", self.timeout_s, "import the target")
+            reply = self.expect("ready", self.import_timeout_s, "import the target")
         except TargetError:
             self.discard_worker()
             raise

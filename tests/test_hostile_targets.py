@@ -118,7 +118,7 @@ def test_a_worker_that_cannot_be_imported_again_still_gives_a_report(
 def test_importing_the_target_honours_the_time_limit() -> None:
     start = time.monotonic()
     with pytest.raises(TargetError, match="did not import the target within 2 s"):
-        run_gate(f"{SLOW_IMPORT}:rebalance_experts", quick=True, timeout_s=2)
+        run_gate(f"{SLOW_IMPORT}:rebalance_experts", quick=True, import_timeout_s=2)
     assert time.monotonic() - start < 60
 
 
