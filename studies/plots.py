@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from impl.balancer import Variant, balance
 from impl.explain import NodeTrace, explain_layer
@@ -850,16 +850,37 @@ def plot_readme(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_CLUSTER_VALUE = 2**16  # a figure draws one bar per GPU; far above any drawable cluster
+
+
+def cluster_value(text: str) -> int:
+    """A cluster option: an integer in [1, MAX_CLUSTER_VALUE]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 1 <= value <= MAX_CLUSTER_VALUE:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_CLUSTER_VALUE}, got {value}")
+    return value
+
+
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     replicas, groups, nodes, gpus = TRACE_CLUSTER
-    parser.add_argument("--replicas", type=int, default=replicas, help=f"default {replicas}")
-    parser.add_argument("--groups", type=int, default=groups, help=f"default {groups}")
-    parser.add_argument("--nodes", type=int, default=nodes, help=f"default {nodes}")
-    parser.add_argument("--gpus", type=int, default=gpus, help=f"default {gpus}")
+    for option, default in (
+        ("--replicas", replicas),
+        ("--groups", groups),
+        ("--nodes", nodes),
+        ("--gpus", gpus),
+    ):
+        parser.add_argument(option, type=cluster_value, default=default, help=f"default {default}")
 
 
-def add_plot_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``eplb-spec plot layer|trace|gate|readme``."""
+Parser = TypeVar("Parser", bound=argparse.ArgumentParser)
+
+
+def add_plot_commands(commands: argparse._SubParsersAction[Parser]) -> None:
+    """``eplb-spec plot layer|trace|gate|readme`` (the subparsers take the main parser's
+    class)."""
     plot = commands.add_parser(
         "plot",
         help=f"figures (PNG and SVG) of the balancers; needs {INSTALL_HINT}",

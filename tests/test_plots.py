@@ -412,6 +412,7 @@ def test_plot_commands_write_png_and_svg(
         (["plot", "layer", "--trace", "nope"], "unknown trace 'nope'; known: tiny_a, tiny_b"),
         (["plot", "layer", "--layer", "2"], r"--layer must be in [0, 2) for trace tiny_a, got 2"),
         (["plot", "trace", "--layers", "0"], "--layers must be at least 1, got 0"),
+        (["plot", "trace", "--gpus", "7"], "num_replicas (288) must be divisible by num_gpus (7)"),
         (["plot", "gate", "missing.json"], "cannot read the gate report missing.json"),
         (["report", "--plot", "FILE"], "--plot FILE: cannot create the folder"),
         (["gate", "--same-as", "seed", "--plot", "OUT"], "does not apply to --same-as"),
