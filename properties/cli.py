@@ -206,10 +206,19 @@ def print_report(
 
 def run_report(args: argparse.Namespace) -> int:
     cluster = (args.replicas, args.groups, args.nodes, args.gpus)
+    if args.plot is not None:
+        from studies.plots import prepare_folder
+
+        prepare_folder(args.plot, "--plot")
     workloads, note = default_workloads(args.data)
     check_cluster_options(cluster, workloads)
     rows = [report_trace(w, cluster) for w in workloads]
     print_report(rows, cluster, note)
+    if args.plot is not None:
+        from studies.plots import report_figures
+
+        for path in report_figures(Path(args.plot), workloads[0], cluster):
+            print(f"wrote {path}")
     if args.json:
         document = {
             "cluster": dict(zip(("replicas", "groups", "nodes", "gpus"), cluster, strict=True)),
@@ -240,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--nodes", type=size, default=nodes, help=f"default {nodes}")
     report.add_argument("--gpus", type=size, default=gpus, help=f"default {gpus}")
     report.add_argument("--json", metavar="FILE", help="also write the table as JSON")
+    report.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="also write figures: the first trace layer by layer, and its worst layer "
+        "stage by stage (needs matplotlib)",
+    )
     report.set_defaults(handler=run_report)
 
     bench = commands.add_parser(
@@ -295,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gate.add_argument("--data", help="folder of trace *.json files")
     gate.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    gate.add_argument(
+        "--plot", metavar="DIR", help="also write the figure of the report (needs matplotlib)"
+    )
     gate.add_argument(
         "--refine-a",
         metavar="TARGET",
@@ -357,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     solve.add_argument("file", help="instance JSON file")
     solve.set_defaults(handler=run_solve)
+
+    from studies.plots import add_plot_commands
+
+    add_plot_commands(commands)
     return parser
 
 
@@ -377,6 +399,10 @@ def run_gate_command(args: argparse.Namespace) -> int:
     if args.max_gap is not None and not (math.isfinite(args.max_gap) and args.max_gap >= 0):
         raise ValueError(f"--max-gap must be a finite percentage >= 0, got {args.max_gap}")
     default_workloads(args.data)  # a bad trace is an error now, not after the checks
+    if args.plot is not None:
+        from studies.plots import gate_with_figure
+
+        return gate_with_figure(args, run_gate_command)
 
     def sections(text: str | None) -> list[str] | None:
         return None if text is None else [s.strip() for s in text.split(",") if s.strip()]

@@ -559,6 +559,9 @@ def summarise_gaps(run: GateRun) -> None:
         "max_gap": worst.relative,
         "max_gap_peak": worst.peak,
         "max_gap_optimum": str(worst.optimum),
+        "gaps": [
+            {"peak": g.peak, "optimum": str(g.optimum), "relative": g.relative} for g in proven
+        ],
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,12 @@ def test_gate_passes_the_reference_the_baseline_and_the_fast_path(target: str) -
     assert report.traces, "the traces section ran"
     assert all(t.mean_peak_over_lower_bound >= 1 for t in report.traces)
     assert report.optimality["layers_compared"] > 0
+    gaps = report.optimality["gaps"]  # one entry per proven layer, as drawn by studies.plots
+    assert len(gaps) == report.optimality["layers_compared"]
+    assert max(g["relative"] for g in gaps) == report.optimality["max_gap"]
+    for g in gaps:
+        optimum = float(Fraction(g["optimum"]))
+        assert g["relative"] == (g["peak"] / optimum - 1 if optimum > 0 else 0.0)
 
 
 def test_gate_passes_the_reference_refinements() -> None:
