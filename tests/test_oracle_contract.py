@@ -162,16 +162,23 @@ def tiny_layers(draw: st.DrawFn) -> BalancingProblem:
 
 @given(tiny_layers())
 @example(ISSUE_EXAMPLE[0])
+@example(BalancingProblem([[0.0, 1.0, 8.34296116e-114]], 4, 1, 2, 2))
 def test_the_layer_optimum_equals_brute_force_over_every_valid_placement(
     problem: BalancingProblem,
 ) -> None:
+    """Proven optimal answers equal brute force; where the loads are too far apart for
+    exact integers (the pinned 1 beside 8e-114), the answer is not called optimal and its
+    interval holds the truth."""
     weights = [Fraction(float(w)) for w in problem.loads[0]]
     truth = best_layer(
         weights, problem.num_replicas, problem.num_groups, problem.num_nodes, problem.num_gpus
     )
     answer = optimal_layer(problem, 0, SETTINGS).result
-    assert answer.status is Status.OPTIMAL
-    assert answer.objective == truth
+    assert answer.objective is not None
+    assert answer.bound <= truth <= answer.objective
+    if answer.exact:
+        assert answer.status is Status.OPTIMAL
+        assert answer.objective == truth
     assert layer_lower_bound(problem, 0) <= truth
 
 
