@@ -27,7 +27,7 @@ from oracle.cpsat import MAX_MODEL_TERMS, SOLVER_NAME, SolverSettings, integer_b
 from oracle.exact import INTEGER_BUDGET, as_fractions
 from oracle.replication import check_replication_input, optimal_peak
 from oracle.result import Solution, SolveResult, Status
-from spec.solutions import count_problems, heaviest_pack, packing_problems
+from spec.solutions import count_violations, heaviest_pack, packing_violations
 
 
 def joint_lower_bound(weights: Sequence[Fraction], num_slots: int, num_packs: int) -> Fraction:
@@ -259,11 +259,11 @@ def solve_joint(
             None if is_exact else 1 / scale,
         )
     labels = replica_listing(counts)
-    problems = count_problems(counts, n, num_slots) + packing_problems(
+    violations = count_violations(counts, n, num_slots) + packing_violations(
         pack_of, num_packs, labels if distinct else None
     )
-    if problems:
-        raise AssertionError(f"joint oracle produced an invalid answer: {problems}")
+    if violations:
+        raise AssertionError(f"joint oracle produced an invalid answer: {violations}")
     objective = heaviest_pack([exact[e] / counts[e] for e in labels], pack_of, num_packs)
     status = Status.OPTIMAL if objective == bound else Status.FEASIBLE
     return SolveResult(

@@ -20,7 +20,7 @@ from oracle.cpsat import MAX_MODEL_TERMS, SOLVER_NAME, SolverSettings, integer_b
 from oracle.exact import as_fractions, scale_to_integers
 from oracle.heuristics import canonical_packs, greedy_packing, improve_by_swaps
 from oracle.result import Solution, SolveResult, Status
-from spec.solutions import heaviest_pack, packing_problems
+from spec.solutions import heaviest_pack, packing_violations
 
 
 def packing_lower_bound(weights: Sequence[Fraction], num_packs: int) -> Fraction:
@@ -156,7 +156,7 @@ def solve_packing(
     model.minimize(peak)
 
     start_from = None if hint is None else [hint[j] for j in order]
-    if start_from is not None and packing_problems(start_from, num_packs, lab):
+    if start_from is not None and packing_violations(start_from, num_packs, lab):
         raise ValueError("hint is not a valid packing of these items")
     if start_from is None:
         start_from = greedy_packing(w, num_packs, lab)
@@ -209,9 +209,9 @@ def solve_packing(
     pack_of = [0] * count
     for position, item in enumerate(order):
         pack_of[item] = sorted_pack[position]
-    problems = packing_problems(pack_of, num_packs, labels)
-    if problems:
-        raise AssertionError(f"packing oracle produced an invalid packing: {problems}")
+    violations = packing_violations(pack_of, num_packs, labels)
+    if violations:
+        raise AssertionError(f"packing oracle produced an invalid packing: {violations}")
     objective = heaviest_pack(exact, pack_of, num_packs)
     status = Status.OPTIMAL if objective == bound else Status.FEASIBLE
     note = (

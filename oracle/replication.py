@@ -25,7 +25,7 @@ from fractions import Fraction
 
 from oracle.exact import as_fractions
 from oracle.result import Solution, SolveResult, Status
-from spec.solutions import count_problems, replication_peak
+from spec.solutions import count_violations, replication_peak
 
 
 def ceil_div(numerator: int, denominator: int) -> int:
@@ -103,11 +103,11 @@ def solve_replication(weights: Sequence[float | int | Fraction], num_slots: int)
     start = time.perf_counter()
     peak = optimal_peak(exact, num_slots)
     counts = counts_for_peak(exact, num_slots, peak)
-    problems = count_problems(counts, len(exact), num_slots)
+    violations = count_violations(counts, len(exact), num_slots)
     achieved = replication_peak(exact, counts)
-    if problems or achieved != peak:
+    if violations or achieved != peak:
         raise AssertionError(
-            f"replication oracle produced an invalid answer: {problems}, {achieved}"
+            f"replication oracle produced an invalid answer: {violations}, {achieved}"
         )
     return SolveResult(
         problem="replication",

@@ -1,11 +1,10 @@
-"""The EPLB contract: valid problems, valid placements, objectives and refinement contracts.
+"""The EPLB contract: valid problems, valid placements, objectives, the contracts of the
+refinement steps and of rebalancing, and one ``Violation`` type for what is wrong.
 
 This package imports nothing from the rest of the project.
 """
 
 from spec.migration import (
-    MigrationCode,
-    MigrationViolation,
     TransferCounts,
     TransferSchedule,
     check_rebalance,
@@ -26,15 +25,22 @@ from spec.objectives import (
     peak_replica_load,
     replica_loads,
 )
-from spec.placement import Violation, ViolationCode, check_placement
+from spec.placement import check_placement
 from spec.problem import BalancingProblem, Policy, policy_for
 from spec.refinements import (
     GAIN_TOLERANCE,
-    RefinementRule,
-    RefinementViolation,
     check_count_refinement,
     check_swap_refinement,
     duplicate_labels_added,
+)
+from spec.violations import (
+    MigrationCode,
+    MigrationViolation,
+    RefinementRule,
+    RefinementViolation,
+    SolutionCode,
+    Violation,
+    ViolationCode,
 )
 
 __all__ = [
@@ -45,6 +51,7 @@ __all__ = [
     "Policy",
     "RefinementRule",
     "RefinementViolation",
+    "SolutionCode",
     "TransferCounts",
     "TransferSchedule",
     "Violation",

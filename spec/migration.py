@@ -22,7 +22,6 @@ batches where each GPU exchanges with at most one peer (``check_schedule``).
 
 from __future__ import annotations
 
-import enum
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
@@ -31,8 +30,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from spec.placement import Violation, ViolationCode
 from spec.problem import BalancingProblem, Policy
+from spec.violations import MigrationCode, Violation, ViolationCode
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -40,33 +39,6 @@ FloatArray = npt.NDArray[np.float64]
 
 # Columns of ``TransferSchedule.transfers``.
 LAYER, BATCH, EXPERT, SOURCE, DESTINATION = range(5)
-
-
-class MigrationCode(enum.Enum):
-    """Stable codes for the ways a rebalance or a transfer schedule breaks its contract."""
-
-    PLACEMENT_INVALID = "placement-invalid"
-    BALANCE_CHANGED = "balance-changed"
-    SLOT_NOT_KEPT = "slot-not-kept"
-    TRANSFERS_ABOVE_FEWEST = "transfers-above-fewest"
-    SCHEDULE_MALFORMED = "schedule-malformed"
-    TRANSFER_MISSING = "transfer-missing"
-    TRANSFER_DUPLICATED = "transfer-duplicated"
-    TRANSFER_UNNEEDED = "transfer-unneeded"
-    SOURCE_LACKS_EXPERT = "source-lacks-expert"
-    RANK_BUSY_TWICE = "rank-busy-twice"
-    BATCH_COUNT = "batch-count"
-
-
-@dataclass(frozen=True)
-class MigrationViolation:
-    code: MigrationCode
-    message: str
-    layer: int | None = None
-
-    def __str__(self) -> str:
-        where = "" if self.layer is None else f" (layer {self.layer})"
-        return f"[{self.code.value}]{where} {self.message}"
 
 
 def network_nodes(problem: BalancingProblem) -> int:
@@ -300,7 +272,7 @@ def check_rebalance(
     stateless: object,
     *,
     fewest_transfers: IntArray | None = None,
-) -> list[MigrationViolation]:
+) -> list[Violation]:
     """Every way ``phy2log``, a rebalance of ``problem`` from ``previous``, breaks the
     contract. ``stateless`` is the same balancer's answer without ``previous``;
     ``fewest_transfers[l]``, when given, is the fewest transfers of layer ``l`` among
@@ -314,12 +286,12 @@ def check_rebalance(
     try:
         new = validate_placement(problem, phy2log, "phy2log")
     except (TypeError, ValueError) as error:
-        return [MigrationViolation(MigrationCode.PLACEMENT_INVALID, str(error))]
-    found: list[MigrationViolation] = []
+        return [Violation(MigrationCode.PLACEMENT_INVALID, str(error))]
+    found: list[Violation] = []
     same = same_gpu_loads(problem.loads, new, reference, problem.num_gpus)
     for layer in np.flatnonzero(~same).tolist():
         found.append(
-            MigrationViolation(
+            Violation(
                 MigrationCode.BALANCE_CHANGED,
                 "the multiset of GPU loads differs from the stateless placement's",
                 layer,
@@ -331,7 +303,7 @@ def check_rebalance(
         if bad.size:
             gpu, expert = (int(i) for i in bad[0])
             found.append(
-                MigrationViolation(
+                Violation(
                     MigrationCode.SLOT_NOT_KEPT,
                     f"GPU {gpu} keeps expert {expert} in {shortfall[layer, gpu, expert]} slot(s) "
                     f"fewer than it could ({bad.shape[0]} (GPU, expert) pair(s) short)",
@@ -349,7 +321,7 @@ def check_rebalance(
         ).per_layer
         for layer in np.flatnonzero(counts > np.asarray(fewest_transfers)).tolist():
             found.append(
-                MigrationViolation(
+                Violation(
                     MigrationCode.TRANSFERS_ABOVE_FEWEST,
                     f"{counts[layer]} transfers where an equivalent placement needs "
                     f"{int(fewest_transfers[layer])}",
@@ -409,7 +381,7 @@ def check_schedule(
     schedule: TransferSchedule,
     *,
     exchanges: bool = True,
-) -> list[MigrationViolation]:
+) -> list[Violation]:
     """Every way ``schedule`` fails to turn ``previous`` into ``phy2log`` (both valid
     placements of ``problem``; ValueError otherwise).
 
@@ -421,17 +393,17 @@ def check_schedule(
     num_layers, num_gpus, num_experts = problem.num_layers, problem.num_gpus, problem.num_experts
     malformed = _schedule_shape_problem(schedule, num_layers, num_gpus, num_experts)
     if malformed is not None:
-        return [MigrationViolation(MigrationCode.SCHEDULE_MALFORMED, malformed)]
+        return [Violation(MigrationCode.SCHEDULE_MALFORMED, malformed)]
     rows = schedule.transfers.astype(np.int64)
     batches = schedule.num_batches.astype(np.int64)
     old_held = gpu_expert_counts(old, num_gpus, num_experts) > 0
     needed = (gpu_expert_counts(new, num_gpus, num_experts) > 0) & ~old_held
 
-    found: list[MigrationViolation] = []
+    found: list[Violation] = []
 
     def report(code: MigrationCode, layer: int, message: str, hits: int) -> None:
         extra = f" ({hits} affected)" if hits > 1 else ""
-        found.append(MigrationViolation(code, message + extra, layer))
+        found.append(Violation(code, message + extra, layer))
 
     layer_of, batch, expert = rows[:, LAYER], rows[:, BATCH], rows[:, EXPERT]
     source, destination = rows[:, SOURCE], rows[:, DESTINATION]

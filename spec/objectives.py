@@ -51,9 +51,12 @@ def balancedness(per_gpu: FloatArray) -> float:
     return float(scaled.mean(-1).sum()) / float(scaled.max(-1).sum())
 
 
-def peak_replica_load(loads: FloatArray, logcnt: IntArray) -> FloatArray:
-    """``[L]``: ``max_e w[l, e] / logcnt[l, e]``, the heaviest single replica."""
-    result: FloatArray = (np.asarray(loads, dtype=np.float64) / logcnt).max(-1)
+def peak_replica_load(loads: npt.ArrayLike, logcnt: npt.ArrayLike) -> FloatArray:
+    """``max_e w[..., e] / logcnt[..., e]``, the heaviest single replica: ``[L]`` for a
+    placement's ``[L, E]`` arrays, a 0-d array for one row."""
+    result: FloatArray = (
+        np.asarray(loads, dtype=np.float64) / np.asarray(logcnt, dtype=np.float64)
+    ).max(-1)
     return result
 
 

@@ -13,40 +13,12 @@ each with a stable code and a message that says where and what.
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
-
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from spec.problem import BalancingProblem, Policy
-
-
-class ViolationCode(enum.Enum):
-    """Stable codes for the ways a placement can break the contract."""
-
-    SHAPE = "shape"
-    DTYPE = "dtype"
-    EXPERT_OUT_OF_RANGE = "expert-out-of-range"
-    COUNT_BELOW_ONE = "count-below-one"
-    COUNT_SUM = "count-sum"
-    COUNT_MISMATCH = "count-mismatch"
-    LOG2PHY_SLOT = "log2phy-slot"
-    LOG2PHY_DUPLICATE = "log2phy-duplicate"
-    LOG2PHY_PADDING = "log2phy-padding"
-    GROUP_SPLIT = "group-split"
-
-
-@dataclass(frozen=True)
-class Violation:
-    code: ViolationCode
-    message: str
-    layer: int | None = None
-
-    def __str__(self) -> str:
-        where = "" if self.layer is None else f" (layer {self.layer})"
-        return f"[{self.code.value}]{where} {self.message}"
+from spec.violations import Violation, ViolationCode
 
 
 def as_int_array(value: object) -> tuple[npt.NDArray[np.int64] | None, str | None]:

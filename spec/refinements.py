@@ -15,10 +15,11 @@ Labels do not constrain it; ``duplicate_labels_added`` measures what it does to 
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from spec.objectives import peak_replica_load
+from spec.violations import RefinementRule, Violation
 
 GAIN_TOLERANCE = 1e-9
 """A refinement acts only when the peak drops by more than this (absolute)."""
@@ -27,55 +28,27 @@ ROUNDING_SLACK = 1e-12
 """Relative slack for GPU-load sums, which the refinement and the check may round apart."""
 
 
-class RefinementRule(enum.Enum):
-    LENGTH = "length"
-    COUNT_SUM = "count-sum"
-    COUNT_BELOW_ONE = "count-below-one"
-    ONE_MOVE = "one-move"
-    ASSIGNMENT = "assignment"
-    ONE_SWAP = "one-swap"
-    RANKS_KEPT = "ranks-kept"
-    PEAK_RAISED = "peak-raised"
-    NO_GAIN = "no-gain"
-
-
-@dataclass(frozen=True)
-class RefinementViolation:
-    rule: RefinementRule
-    message: str
-
-    def __str__(self) -> str:
-        return f"[{self.rule.value}] {self.message}"
-
-
-def peak_replica_load(loads: Sequence[float], counts: Sequence[int]) -> float:
-    """``max_i w_i / c_i``."""
-    return max(w / c for w, c in zip(loads, counts, strict=True))
-
-
 def check_count_refinement(
     loads: Sequence[float], before: Sequence[int], after: Sequence[int]
-) -> list[RefinementViolation]:
+) -> list[Violation]:
     """Every way ``after`` breaks refinement A's contract, given its input ``before``."""
-    found: list[RefinementViolation] = []
+    found: list[Violation] = []
     if len(after) != len(before) or len(before) != len(loads):
         return [
-            RefinementViolation(
+            Violation(
                 RefinementRule.LENGTH,
                 f"counts have length {len(after)}, expected {len(before)}",
             )
         ]
     if sum(after) != sum(before):
         found.append(
-            RefinementViolation(
+            Violation(
                 RefinementRule.COUNT_SUM, f"counts sum to {sum(after)}, expected {sum(before)}"
             )
         )
     if min(after) < 1:
         found.append(
-            RefinementViolation(
-                RefinementRule.COUNT_BELOW_ONE, f"an expert has {min(after)} replicas"
-            )
+            Violation(RefinementRule.COUNT_BELOW_ONE, f"an expert has {min(after)} replicas")
         )
     if found:
         return found
@@ -85,23 +58,24 @@ def check_count_refinement(
         return found
     if sorted(delta[i] for i in moved) != [-1, 1]:
         found.append(
-            RefinementViolation(
+            Violation(
                 RefinementRule.ONE_MOVE,
                 f"counts changed at {moved} by {[delta[i] for i in moved]}; at most one "
                 f"replica may move from one expert to another",
             )
         )
-    old_peak, new_peak = peak_replica_load(loads, before), peak_replica_load(loads, after)
+    old_peak = float(peak_replica_load(loads, before))
+    new_peak = float(peak_replica_load(loads, after))
     if new_peak > old_peak:
         found.append(
-            RefinementViolation(
+            Violation(
                 RefinementRule.PEAK_RAISED,
                 f"peak replica load rose from {old_peak!r} to {new_peak!r}",
             )
         )
     elif not new_peak + GAIN_TOLERANCE < old_peak:
         found.append(
-            RefinementViolation(
+            Violation(
                 RefinementRule.NO_GAIN,
                 f"counts changed but the peak replica load went only from {old_peak!r} "
                 f"to {new_peak!r}",
@@ -144,14 +118,14 @@ def check_swap_refinement(
     gpu_after: Sequence[int],
     rank_after: Sequence[int],
     num_gpus: int,
-) -> list[RefinementViolation]:
+) -> list[Violation]:
     """Every way ``(gpu_after, rank_after)`` breaks refinement B's contract."""
     problems = assignment_problems(gpu_after, rank_after, num_gpus)
     if len(gpu_after) != len(weights):
         problems.insert(0, f"{len(gpu_after)} replicas assigned, expected {len(weights)}")
     if problems:
-        return [RefinementViolation(RefinementRule.ASSIGNMENT, "; ".join(problems))]
-    found: list[RefinementViolation] = []
+        return [Violation(RefinementRule.ASSIGNMENT, "; ".join(problems))]
+    found: list[Violation] = []
     moved = [j for j in range(len(weights)) if gpu_after[j] != gpu_before[j]]
     touched = {gpu_before[j] for j in moved} | {gpu_after[j] for j in moved}
     if moved and not (
@@ -160,7 +134,7 @@ def check_swap_refinement(
         and gpu_after[moved[1]] == gpu_before[moved[0]]
     ):
         found.append(
-            RefinementViolation(
+            Violation(
                 RefinementRule.ONE_SWAP,
                 f"replicas {moved} changed GPU; at most two may, exchanged between two GPUs",
             )
@@ -172,7 +146,7 @@ def check_swap_refinement(
     ]
     if rank_changed:
         found.append(
-            RefinementViolation(
+            Violation(
                 RefinementRule.RANKS_KEPT,
                 f"replicas {rank_changed} changed rank on a GPU the swap did not touch",
             )
@@ -182,13 +156,13 @@ def check_swap_refinement(
     slack = ROUNDING_SLACK * max(old_peak, 1.0)
     if new_peak > old_peak + slack:
         found.append(
-            RefinementViolation(
+            Violation(
                 RefinementRule.PEAK_RAISED, f"peak GPU load rose from {old_peak!r} to {new_peak!r}"
             )
         )
     elif moved and not new_peak + GAIN_TOLERANCE < old_peak + slack:
         found.append(
-            RefinementViolation(
+            Violation(
                 RefinementRule.NO_GAIN,
                 f"replicas moved but the peak GPU load went only from {old_peak!r} to {new_peak!r}",
             )

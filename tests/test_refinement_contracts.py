@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from impl.steps import Packing, pack_diverse, refine_counts, refine_swap, water_fill
 from spec import RefinementRule, check_count_refinement, check_swap_refinement
+from spec.violations import Code
 
 loads_lists = st.lists(
     st.one_of(st.integers(0, 10**6).map(float), st.floats(0, 1e6, allow_nan=False)),
@@ -43,8 +44,8 @@ def test_count_contract_catches_each_breach() -> None:
     loads = [10.0, 1.0, 1.0]
     before = [1, 2, 2]
 
-    def rules(after: list[int]) -> set[RefinementRule]:
-        return {v.rule for v in check_count_refinement(loads, before, after)}
+    def rules(after: list[int]) -> set[Code]:
+        return {v.code for v in check_count_refinement(loads, before, after)}
 
     assert rules([1, 2]) == {RefinementRule.LENGTH}
     assert rules([1, 2, 3]) == {RefinementRule.COUNT_SUM}
@@ -52,10 +53,10 @@ def test_count_contract_catches_each_breach() -> None:
     assert rules([3, 1, 1]) == {RefinementRule.ONE_MOVE}
     assert rules([2, 1, 2]) == set()
     assert check_count_refinement([1.0, 10.0], [1, 2], [2, 1]) != []  # peak 5 -> 10
-    assert {v.rule for v in check_count_refinement([1.0, 10.0], [1, 2], [2, 1])} == {
+    assert {v.code for v in check_count_refinement([1.0, 10.0], [1, 2], [2, 1])} == {
         RefinementRule.PEAK_RAISED
     }
-    assert {v.rule for v in check_count_refinement([4.0, 4.0], [2, 1], [1, 2])} == {
+    assert {v.code for v in check_count_refinement([4.0, 4.0], [2, 1], [1, 2])} == {
         RefinementRule.NO_GAIN
     }
 
@@ -110,8 +111,8 @@ def test_swap_contract_catches_each_breach() -> None:
     weights = [6.0, 5.0, 1.0, 0.5, 3.0, 2.0]
     pack, rank = [0, 0, 1, 1, 2, 2], [0, 1, 0, 1, 0, 1]
 
-    def rules(new_pack: list[int], new_rank: list[int]) -> set[RefinementRule]:
-        return {v.rule for v in check_swap_refinement(weights, pack, rank, new_pack, new_rank, 3)}
+    def rules(new_pack: list[int], new_rank: list[int]) -> set[Code]:
+        return {v.code for v in check_swap_refinement(weights, pack, rank, new_pack, new_rank, 3)}
 
     assert rules([1, 0, 0, 1, 2, 2], [0, 1, 0, 1, 0, 1]) == set()
     assert rules([0, 0, 0, 1, 2, 2], [0, 1, 2, 0, 0, 1]) == {RefinementRule.ASSIGNMENT}
@@ -122,12 +123,12 @@ def test_swap_contract_catches_each_breach() -> None:
     # Swapping 1 (5) and 4 (3) between g0 and g2: g0 11 -> 9, g2 5 -> 7: a real gain.
     assert rules([0, 2, 1, 1, 0, 2], [0, 1, 0, 1, 1, 0]) == set()
 
-    def swap_rules(weights: list[float]) -> set[RefinementRule]:
+    def swap_rules(weights: list[float]) -> set[Code]:
         # Replicas 0 and 2 exchange places between GPU 0 and GPU 1.
         found = check_swap_refinement(
             weights, [0, 0, 1, 1], [0, 1, 0, 1], [1, 0, 0, 1], [0, 1, 0, 1], 2
         )
-        return {v.rule for v in found}
+        return {v.code for v in found}
 
     assert swap_rules([1.0, 1.0, 9.0, 1.0]) == {RefinementRule.NO_GAIN}  # 2 | 10 -> 10 | 2
     assert swap_rules([5.0, 5.0, 1.0, 6.0]) == {RefinementRule.PEAK_RAISED}  # 10 | 7 -> 6 | 11
