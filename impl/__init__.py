@@ -1,4 +1,4 @@
-"""A typed, readable reference of the balancer in ``shared/ALGORITHMS.md``.
+"""A typed, readable reference of the balancer in ``docs/specification.md``.
 
 Imports only ``spec`` from this project.
 """

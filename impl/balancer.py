@@ -14,24 +14,28 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from impl.fast import balance_arrays
 from impl.migration import migrate, move_log2phy
 from impl.steps import (
     Packing,
+    group_loads,
     layout_by_expert,
     pack_balanced,
     pack_diverse,
     refine_counts,
     refine_swap,
+    renumber_node_local,
+    replica_ranks,
     replicate_greedy,
-    sum_left_to_right,
+    slots_of,
     water_fill,
 )
 from spec.migration import network_nodes, validate_placement
 from spec.problem import BalancingProblem, Policy
 
-Variant = Literal["seed", "baseline"]
-VARIANTS: tuple[Variant, ...] = ("seed", "baseline")
+Variant = Literal["refined", "baseline"]
+VARIANTS: tuple[Variant, ...] = ("refined", "baseline")
+VARIANT_ALIASES = {"seed": "refined"}
+"""Earlier names of the variants, still accepted."""
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -54,7 +58,10 @@ class BalanceResult:
 
 
 def check_options(variant: object, refine_a: bool | None, refine_b: bool | None) -> Variant:
-    """The variant, after checking it and that refinements are asked only of ``seed``."""
+    """The variant (earlier names resolved), after checking it and that refinements are
+    asked only of ``refined``."""
+    if isinstance(variant, str):
+        variant = VARIANT_ALIASES.get(variant, variant)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     for name, flag in (("refine_a", refine_a), ("refine_b", refine_b)):
@@ -62,57 +69,30 @@ def check_options(variant: object, refine_a: bool | None, refine_b: bool | None)
             raise TypeError(f"{name} must be a bool or None, got {type(flag).__name__}")
         if variant == "baseline" and flag:
             raise ValueError(f"{name}=True asks for a refinement; the baseline variant has none")
-    return "seed" if variant == "seed" else "baseline"
+    return "refined" if variant == "refined" else "baseline"
 
 
 def node_local_experts(problem: BalancingProblem, layer: int) -> list[list[int]]:
-    """Step 1: the global expert ids of each node, in node-local order.
-
-    Groups are packed onto nodes by load (``pack_balanced``); inside a node experts are
-    numbered by their group's arrival rank there, then by position in the group.
-    """
-    size = problem.group_size
-    row = problem.loads[layer].tolist()
-    group_loads = [
-        sum_left_to_right(row[g * size : (g + 1) * size]) for g in range(problem.packing_groups)
-    ]
-    packing = pack_balanced(group_loads, problem.packing_nodes)
-    groups_per_node = problem.packing_groups // problem.packing_nodes
-    local: list[list[int]] = [[] for _ in range(problem.packing_nodes)]
-    for node in range(problem.packing_nodes):
-        by_rank = sorted(
-            (g for g in range(problem.packing_groups) if packing.pack[g] == node),
-            key=lambda g: packing.rank[g],
-        )
-        assert len(by_rank) == groups_per_node
-        for group in by_rank:
-            local[node].extend(range(group * size, (group + 1) * size))
-    return local
-
-
-def replica_ranks(layout: list[int]) -> list[int]:
-    """For each replica in a layout, how many replicas of its expert come before it."""
-    seen: dict[int, int] = {}
-    ranks = []
-    for label in layout:
-        ranks.append(seen.get(label, 0))
-        seen[label] = ranks[-1] + 1
-    return ranks
+    """Step 1 on one layer: groups packed onto nodes by load (``pack_balanced``), then
+    the global expert ids of each node in node-local order (``renumber_node_local``)."""
+    loads = group_loads(problem.loads[layer].tolist(), problem.packing_groups)
+    packing = pack_balanced(loads, problem.packing_nodes)
+    return renumber_node_local(packing, problem.packing_nodes, problem.group_size)
 
 
 def balance(
     problem: BalancingProblem,
     *,
-    variant: Variant = "seed",
+    variant: Variant | str = "refined",
     refine_a: bool = True,
     refine_b: bool = True,
     fast: bool = False,
     threads: int | None = None,
     previous: object = None,
 ) -> BalanceResult:
-    """Run the balancer of ``shared/ALGORITHMS.md`` (or its baseline) on ``problem``.
+    """Run the balancer of ``docs/specification.md`` (or its baseline) on ``problem``.
 
-    ``refine_a`` and ``refine_b`` switch the refinements of the ``seed`` variant; the
+    ``refine_a`` and ``refine_b`` switch the refinements of the ``refined`` variant; the
     baseline has none and ignores them. ``fast=True`` runs the compiled implementation
     in ``impl.fast``, whose output is identical; ``threads`` caps its threads (default:
     the CPUs available, at most 8; the result does not depend on it).
@@ -122,9 +102,9 @@ def balance(
     and experts that stay on a GPU keep their slot (``impl.migration.migrate``); the
     GPU loads are those of the stateless answer, up to that relabeling.
     """
-    check_options(variant, None, None)
+    chosen = check_options(variant, None, None)
     old = None if previous is None else validate_placement(problem, previous, "previous")
-    result = _balance_stateless(problem, variant, refine_a, refine_b, fast, threads)
+    result = _balance_stateless(problem, chosen, refine_a, refine_b, fast, threads)
     if old is None:
         return result
     hierarchical = problem.policy is Policy.HIERARCHICAL
@@ -156,13 +136,15 @@ def _balance_stateless(
     threads: int | None,
 ) -> BalanceResult:
     if fast:
+        from impl.fast import balance_arrays  # numba is loaded only for the fast path
+
         arrays = balance_arrays(
             problem.loads,
             problem.num_replicas,
             problem.packing_groups,
             problem.packing_nodes,
             problem.num_gpus,
-            seed_variant=variant == "seed",
+            refined=variant == "refined",
             refine_a=refine_a,
             refine_b=refine_b,
             threads=threads,
@@ -181,7 +163,7 @@ def _balance_stateless(
     for layer in range(num_layers):
         for node, experts in enumerate(node_local_experts(problem, layer)):
             loads = [float(problem.loads[layer, e]) for e in experts]
-            if variant == "seed":
+            if variant == "refined":
                 counts = water_fill(loads, slots)
                 if refine_a:
                     refined = refine_counts(loads, counts)
@@ -192,7 +174,7 @@ def _balance_stateless(
                 counts, layout = replicate_greedy(loads, slots)
             weights = [loads[i] / counts[i] for i in layout]
             packing: Packing
-            if variant == "seed":
+            if variant == "refined":
                 packing = pack_diverse(weights, layout, gpus)
                 if refine_b:
                     swapped = refine_swap(weights, packing, gpus)
@@ -201,8 +183,8 @@ def _balance_stateless(
             else:
                 packing = pack_balanced(weights, gpus)
 
-            for j, (label, rank) in enumerate(zip(layout, replica_ranks(layout), strict=True)):
-                slot = node * slots + packing.pack[j] * cap + packing.rank[j]
+            slots_here = slots_of(packing, node, slots, cap)
+            for label, rank, slot in zip(layout, replica_ranks(layout), slots_here, strict=True):
                 expert = experts[label]
                 phy2log[layer, slot] = expert
                 log2phy[layer, expert, rank] = slot
@@ -218,7 +200,7 @@ def rebalance_experts(
     num_nodes: int,
     num_gpus: int,
     *,
-    variant: Variant = "seed",
+    variant: Variant | str = "refined",
     refine_a: bool | None = None,
     refine_b: bool | None = None,
     fast: bool = False,
@@ -228,7 +210,8 @@ def rebalance_experts(
 
     ``weight`` is ``[layers, experts]`` (integer or float, any device; read in float64,
     never modified). Returns CPU int64 tensors ``(phy2log [L, R], log2phy [L, E, R-E+1],
-    logcnt [L, E])``. ``variant="seed"`` is the balancer of ``shared/ALGORITHMS.md``
+    logcnt [L, E])``. ``variant="refined"`` (earlier ``"seed"``) is the balancer of
+    ``docs/specification.md``
     with refinements A and B (each switchable off); ``variant="baseline"`` is the
     DeepSeek-style balancer it refines. Bad input raises ValueError or TypeError naming
     the parameter. ``fast=True`` gives the identical answer from the compiled
@@ -247,8 +230,8 @@ def rebalance_experts(
     result = balance(
         problem,
         variant=chosen,
-        refine_a=refine_a is not False and chosen == "seed",
-        refine_b=refine_b is not False and chosen == "seed",
+        refine_a=refine_a is not False and chosen == "refined",
+        refine_b=refine_b is not False and chosen == "refined",
         fast=fast,
         previous=previous,
     )

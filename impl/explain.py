@@ -12,17 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from impl.balancer import Variant, check_options, node_local_experts, replica_ranks
+from impl.balancer import Variant, check_options
 from impl.steps import (
     Packing,
     bisected_counts,
+    group_loads,
     layout_by_expert,
     pack_balanced,
     pack_diverse,
     refine_counts,
     refine_swap,
+    renumber_node_local,
+    replica_ranks,
     replicate_greedy,
-    sum_left_to_right,
+    slots_of,
     water_fill,
 )
 from spec.problem import BalancingProblem
@@ -80,31 +83,28 @@ def explain_layer(
     problem: BalancingProblem,
     layer: int,
     *,
-    variant: Variant = "seed",
+    variant: Variant | str = "refined",
     refine_a: bool = True,
     refine_b: bool = True,
 ) -> LayerTrace:
     """The reference's decisions on one layer (the options as for ``balance``)."""
-    check_options(variant, None, None)
+    chosen = check_options(variant, None, None)
     if not 0 <= layer < problem.num_layers:
         raise ValueError(f"layer must be in [0, {problem.num_layers}), got {layer}")
-    seed = variant == "seed"
-    size = problem.group_size
-    row = problem.loads[layer].tolist()
-    group_loads = [
-        sum_left_to_right(row[g * size : (g + 1) * size]) for g in range(problem.packing_groups)
-    ]
-    group_packing = pack_balanced(group_loads, problem.packing_nodes)
+    refined = chosen == "refined"
+    keys = group_loads(problem.loads[layer].tolist(), problem.packing_groups)
+    group_packing = pack_balanced(keys, problem.packing_nodes)
+    local = renumber_node_local(group_packing, problem.packing_nodes, problem.group_size)
     slots_per_node, gpus, cap = (
         problem.slots_per_node,
         problem.gpus_per_node,
         problem.slots_per_gpu,
     )
     nodes = []
-    for node, experts in enumerate(node_local_experts(problem, layer)):
+    for node, experts in enumerate(local):
         loads = [float(problem.loads[layer, e]) for e in experts]
         bisected: list[int] | None = None
-        if seed:
+        if refined:
             if slots_per_node != len(loads) and any(w != 0 for w in loads):
                 bisected = bisected_counts(loads, slots_per_node)
             filled = water_fill(loads, slots_per_node)
@@ -114,15 +114,12 @@ def explain_layer(
             filled, layout = replicate_greedy(loads, slots_per_node)
             counts = filled
         weights = [loads[i] / counts[i] for i in layout]
-        if seed:
+        if refined:
             packed = pack_diverse(weights, layout, gpus)
             packing = refine_swap(weights, packed, gpus) if refine_b else packed
         else:
             packed = packing = pack_balanced(weights, gpus)
-        slots = [
-            node * slots_per_node + gpu * cap + rank
-            for gpu, rank in zip(packing.pack, packing.rank, strict=True)
-        ]
+        slots = slots_of(packing, node, slots_per_node, cap)
         nodes.append(
             NodeTrace(
                 node=node,
@@ -139,19 +136,19 @@ def explain_layer(
                 ranks=replica_ranks(layout),
             )
         )
-    return LayerTrace(layer, group_loads, group_packing, nodes)
+    return LayerTrace(layer, keys, group_packing, nodes)
 
 
 def explain(
     problem: BalancingProblem,
     *,
-    variant: Variant = "seed",
+    variant: Variant | str = "refined",
     refine_a: bool = True,
     refine_b: bool = True,
 ) -> list[LayerTrace]:
     """The reference's decisions on every layer of ``problem``.
 
-    ``refine_a`` / ``refine_b`` switch the refinements of ``seed``; the baseline has
+    ``refine_a`` / ``refine_b`` switch the refinements of ``refined``; the baseline has
     none and ignores them, as in ``balance``.
     """
     return [

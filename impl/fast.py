@@ -605,7 +605,7 @@ def place_rows(
     row_loads: FloatArray,
     num_nodes: int,
     gpus_per_node: int,
-    seed_variant: bool,
+    refined: bool,
     refine_a: bool,
     refine_b: bool,
     phy2log: IntArray,
@@ -647,7 +647,7 @@ def place_rows(
         if node == 0:
             log2phy[layer] = -1
         row = row_loads[b]
-        if seed_variant:
+        if refined:
             water_fill_row(row, slots, counts, order, float_space, sort_space)
             if refine_a:
                 counts_refined[b] = refine_counts_row(row, counts)
@@ -722,7 +722,7 @@ def balance_arrays(
     num_nodes: int,
     num_gpus: int,
     *,
-    seed_variant: bool,
+    refined: bool,
     refine_a: bool,
     refine_b: bool,
     threads: int | None = None,
@@ -760,7 +760,7 @@ def balance_arrays(
             row_loads[first * num_nodes : last * num_nodes],
             num_nodes,
             num_gpus // num_nodes,
-            seed_variant,
+            refined,
             refine_a,
             refine_b,
             phy2log[first:last],

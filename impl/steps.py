@@ -1,7 +1,7 @@
 """The balancer's steps, one function each, on one (layer, node) row at a time.
 
 Plain Python on lists of float64 values, written to be read next to
-``shared/ALGORITHMS.md``: every tie-break named there is spelled out here. Sums are
+``docs/specification.md``: every tie-break named there is spelled out here. Sums are
 accumulated left to right in the order the page describes, so that a faster
 implementation can reproduce them bit for bit.
 """
@@ -56,6 +56,22 @@ def pack_balanced(weights: Sequence[float], num_packs: int) -> Packing:
         load[target] += weights[item]
         size[target] += 1
     return Packing(pack=pack, rank=rank)
+
+
+def group_loads(row: Sequence[float], num_groups: int) -> list[float]:
+    """Step 1's keys: each group's load, its experts' loads summed left to right."""
+    size = len(row) // num_groups
+    return [sum_left_to_right(row[g * size : (g + 1) * size]) for g in range(num_groups)]
+
+
+def renumber_node_local(packing: Packing, num_nodes: int, group_size: int) -> list[list[int]]:
+    """Step 1's renumbering: the global expert ids of each node in node-local order, from
+    the packing of groups onto nodes: by the arrival rank of their group on the node,
+    then by position inside the group."""
+    local: list[list[int]] = [[] for _ in range(num_nodes)]
+    for group in sorted(range(len(packing.pack)), key=lambda g: (packing.pack[g], packing.rank[g])):
+        local[packing.pack[group]].extend(range(group * group_size, (group + 1) * group_size))
+    return local
 
 
 def counts_at_threshold(loads: Sequence[float], threshold: float) -> list[int]:
@@ -152,6 +168,25 @@ def replicate_greedy(loads: Sequence[float], num_slots: int) -> tuple[list[int],
         layout.append(hottest)
         counts[hottest] += 1
     return counts, layout
+
+
+def replica_ranks(layout: Sequence[int]) -> list[int]:
+    """For each replica of a layout, how many replicas of its expert come before it (its
+    index in ``log2phy``)."""
+    seen: dict[int, int] = {}
+    ranks = []
+    for label in layout:
+        ranks.append(seen.get(label, 0))
+        seen[label] = ranks[-1] + 1
+    return ranks
+
+
+def slots_of(packing: Packing, node: int, slots_per_node: int, cap: int) -> list[int]:
+    """Step 4: the slot of each replica of a node, ``node * S + gpu * cap + rank``."""
+    return [
+        node * slots_per_node + gpu * cap + rank
+        for gpu, rank in zip(packing.pack, packing.rank, strict=True)
+    ]
 
 
 def layout_by_expert(counts: Sequence[int]) -> list[int]:

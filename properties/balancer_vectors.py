@@ -4,7 +4,7 @@ A port of the reference (C++, CUDA, another language) checks itself against thes
 nothing but a JSON reader; ``vectors/balancer/README.md`` describes the format. Tiers:
 
 - ``handpicked``: named cases, each pinning a tie-break or an edge case that
-  ``shared/ALGORITHMS.md`` names, with a one-line reason and the features it exercises
+  ``docs/specification.md`` names, with a one-line reason and the features it exercises
   (checked by the tests, so a case cannot silently stop exercising them);
 - ``small``: seeded generated cases of mixed shapes and load styles;
 - ``traces``: a few layers of the real DeepSeek-V3 traces, chosen at generation time
@@ -41,7 +41,7 @@ from spec.objectives import gpus_with_duplicate_replicas
 from spec.problem import BalancingProblem, Policy
 
 FORMAT = "eplb-spec balancer vectors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the refined variant is named "refined" (it was "seed")
 TIERS = ("handpicked", "small", "traces")
 SMALL_COUNT = 80
 SMALL_SEED = 0
@@ -335,7 +335,7 @@ def exercised(problem: BalancingProblem) -> set[str]:
         "packing:equal-replica-loads": "baseline-equal-replica-loads",
     }
     for layer in range(problem.num_layers):
-        tags |= {names[t] for t in ties_met(problem, layer, "seed") if t in names}
+        tags |= {names[t] for t in ties_met(problem, layer, "refined") if t in names}
         tags |= {
             baseline_names[t] for t in ties_met(problem, layer, "baseline") if t in baseline_names
         }

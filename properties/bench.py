@@ -38,10 +38,10 @@ class Contender:
 
 CONTENDERS = (
     Contender("baseline (reference)", "baseline", False),
-    Contender("seed (reference)", "seed", False),
+    Contender("refined (reference)", "refined", False),
     Contender("baseline (fast)", "baseline", True),
-    Contender("seed (fast, 1 thread)", "seed", True, threads=1),
-    Contender("seed (fast)", "seed", True),
+    Contender("refined (fast, 1 thread)", "refined", True, threads=1),
+    Contender("refined (fast)", "refined", True),
 )
 
 
@@ -65,7 +65,7 @@ class ScalingPoint:
 
 
 def call(problem: BalancingProblem, contender: Contender) -> Callable[[], object]:
-    variant: Variant = "seed" if contender.variant == "seed" else "baseline"
+    variant: Variant = "refined" if contender.variant == "refined" else "baseline"
     return lambda: balance(problem, variant=variant, fast=contender.fast, threads=contender.threads)
 
 

@@ -131,7 +131,7 @@ def timed_balance(problem: BalancingProblem, variant: Variant) -> tuple[BalanceR
 def report_trace(workload: Workload, cluster: tuple[int, int, int, int]) -> TraceReport:
     """Balancedness of both variants and where the refinements acted, for one workload."""
     problem = BalancingProblem(workload.loads, *cluster, loads_name=workload.name)
-    seed, seed_seconds = timed_balance(problem, "seed")
+    seed, seed_seconds = timed_balance(problem, "refined")
     base, base_seconds = timed_balance(problem, "baseline")
     without_b = balance(problem, refine_b=False, fast=True)
     num_gpus = cluster[3]

@@ -1,7 +1,7 @@
 """Fidelity: does a port reproduce the reference exactly, and if not, where does it part?
 
 ``compare(problem, phy2log, same_as)`` compares a target's placement with the output of a
-named reference (``seed`` with or without its refinements, or ``baseline``) layer by
+named reference (``refined`` with or without its refinements, or ``baseline``) layer by
 layer. For a layer that differs it finds the FIRST step, in pipeline order, whose outcome
 differs: the group-to-node ``split``, the replica ``counts`` (water-filling, or the
 baseline's greedy replication), ``refinement-a``, the ``packing`` of replicas onto GPUs,
@@ -102,10 +102,10 @@ class Reference:
 REFERENCES: dict[str, Reference] = {
     r.name: r
     for r in (
-        Reference("seed", "seed", True, True),
-        Reference("seed-without-a", "seed", False, True),
-        Reference("seed-without-b", "seed", True, False),
-        Reference("seed-without-refinements", "seed", False, False),
+        Reference("refined", "refined", True, True),
+        Reference("refined-without-a", "refined", False, True),
+        Reference("refined-without-b", "refined", True, False),
+        Reference("refined-without-refinements", "refined", False, False),
         Reference("baseline", "baseline", False, False),
     )
 }
@@ -115,6 +115,8 @@ def reference_named(name: object) -> Reference:
     """The reference called ``name``; ValueError listing the names otherwise."""
     if isinstance(name, Reference):
         return name
+    if isinstance(name, str) and name.startswith("seed"):  # the variant's earlier name
+        name = "refined" + name.removeprefix("seed")
     if not isinstance(name, str) or name not in REFERENCES:
         raise ValueError(f"same_as must be one of {sorted(REFERENCES)}, got {name!r}")
     return REFERENCES[name]
@@ -706,19 +708,19 @@ class LayerComparison:
         return lambda i: f"expert {node.experts[i]}"
 
     def counts(self) -> tuple[Step, Kind, int | None, str] | None:
-        seed = self.reference.variant == "seed"
+        refined = self.reference.variant == "refined"
         slots = self.problem.slots_per_node
         for node in self.trace.nodes:
             target = self.view(node).counts
             name = self.expert_name(node)
-            if seed:
+            if refined:
                 replay = replay_water_fill(node.loads, slots, target, name)
             else:
                 replay = replay_replication(node.loads, slots, target, name)
             self.ties_met |= {f"counts:{t}" for t in replay.ties_met}
             if target == node.counts:
                 continue
-            if not seed:
+            if not refined:
                 return self.judge(Step.COUNTS, node.node, replay)
             found = self.refinement_a(node, target, replay)
             if found is not None:
@@ -728,7 +730,7 @@ class LayerComparison:
     def refinement_a(
         self, node: NodeTrace, target: list[int], replay: Replay
     ) -> tuple[Step, Kind, int | None, str]:
-        """Counts differ under ``seed``: water-filling or refinement A."""
+        """Counts differ under ``refined``: water-filling or refinement A."""
         name = self.expert_name(node)
 
         def peak(counts: Sequence[int]) -> float:
@@ -794,7 +796,7 @@ class LayerComparison:
 
     def packing(self) -> tuple[Step, Kind, int | None, str] | None:
         problem = self.problem
-        seed = self.reference.variant == "seed"
+        refined = self.reference.variant == "refined"
         gpus, cap = problem.gpus_per_node, problem.slots_per_gpu
         for node in self.trace.nodes:
             view = self.view(node)
@@ -812,7 +814,7 @@ class LayerComparison:
                 if target == final:
                     continue
                 flat = [labels[0] for labels in view.gpus]
-                if seed:
+                if refined:
                     q = next(q for q in range(gpus) if flat[q] != node.layout[q])
                     return (
                         Step.PACKING,
@@ -848,14 +850,14 @@ class LayerComparison:
                 node.layout,
                 gpus,
                 target,
-                diverse=seed,
+                diverse=refined,
                 item=replica,
                 pack=gpu,
             )
             self.ties_met |= {f"packing:{t}" for t in replay.ties_met}
             if target == final:
                 continue
-            if not seed:
+            if not refined:
                 return self.judge(Step.PACKING, node.node, replay)
             greedy = packing_contents(node.packed.pack, node.layout, gpus)
 

@@ -130,7 +130,7 @@ class LayerStages:
 
 
 VARIANT_LABELS: dict[Variant, str] = {
-    "seed": "reference (seed, both refinements)",
+    "refined": "reference (refined, both refinements)",
     "baseline": "baseline (DeepSeek-style)",
 }
 
@@ -174,7 +174,7 @@ def layer_stages(problem: BalancingProblem, layer: int, variant: Variant) -> Lay
         packed_dup += packed_duplicates(node, node.packed.pack, gpus)
         final += packed_loads(node, node.packing.pack, gpus)
         final_dup += packed_duplicates(node, node.packing.pack, gpus)
-    if variant == "seed":
+    if variant == "refined":
         refined = [n.node for n in trace.nodes if n.counts_refined]
         moved = f" (A moved a replica on node {refined})" if refined else ""
         titles = (
@@ -271,7 +271,7 @@ def layer_stages_figure(problem: BalancingProblem, layer: int, *, name: str = ""
 
     from oracle.pipeline import layer_lower_bound  # loads the solver only when drawing
 
-    rows = [layer_stages(problem, layer, "seed"), layer_stages(problem, layer, "baseline")]
+    rows = [layer_stages(problem, layer, "refined"), layer_stages(problem, layer, "baseline")]
     lower = float(layer_lower_bound(problem, layer))
     mean = float(problem.loads[layer].sum()) / problem.num_gpus
     figure = new_figure(15, 6.4)
@@ -385,7 +385,7 @@ def trace_quality(
     full = BalancingProblem(loads, *cluster)
     chosen = chosen_layers(full.num_layers, layers)
     problem = BalancingProblem(full.loads[chosen], *cluster)
-    reference = balance(problem, variant="seed")
+    reference = balance(problem, variant="refined")
     baseline = balance(problem, variant="baseline")
     num_gpus = problem.num_gpus
     reference_loads = gpu_loads(problem.loads, reference.phy2log, reference.logcnt, num_gpus)

@@ -87,16 +87,16 @@ def test_divisibility_of_groups_only_matters_under_the_hierarchical_policy() -> 
 
 def test_bad_options() -> None:
     with pytest.raises(ValueError, match="variant must be one of"):
-        rebalance_experts(good_weight(), *CLUSTER, variant="fastest")  # type: ignore[arg-type]
+        rebalance_experts(good_weight(), *CLUSTER, variant="fastest")
     with pytest.raises(ValueError, match=r"refine_a=True .* baseline"):
         rebalance_experts(good_weight(), *CLUSTER, variant="baseline", refine_a=True)
     with pytest.raises(TypeError, match="refine_b must be a bool"):
         rebalance_experts(good_weight(), *CLUSTER, refine_b="no")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("variant", ["seed", "baseline"])
+@pytest.mark.parametrize("variant", ["refined", "baseline"])
 def test_all_zero_layers_are_valid(variant: str) -> None:
-    phy2log, _, logcnt = rebalance_experts(torch.zeros(3, 12), *CLUSTER, variant=variant)  # type: ignore[arg-type]
+    phy2log, _, logcnt = rebalance_experts(torch.zeros(3, 12), *CLUSTER, variant=variant)
     assert logcnt.sum(-1).tolist() == [16, 16, 16]
     assert (logcnt >= 1).all()
     assert phy2log.shape == (3, 16)

@@ -109,14 +109,14 @@ def test_every_vector_is_the_fast_path_output(tier: str) -> None:
 def test_a_changed_vector_is_caught() -> None:
     vector = next(v for v in tier_file("handpicked")["vectors"] if v["name"] == "readme-example")
     broken = copy.deepcopy(vector)
-    row = broken["expected"]["seed"]["phy2log"][0]
+    row = broken["expected"]["refined"]["phy2log"][0]
     first = next(s for s in range(1, len(row)) if row[s] != row[0])
     row[0], row[first] = row[first], row[0]
     assert check_vector(broken) == [
-        "readme-example: seed phy2log differs from the reference",
-        "readme-example: seed-without-a phy2log differs from the reference",
-        "readme-example: seed-without-b phy2log differs from the reference",
-        "readme-example: seed-without-refinements phy2log differs from the reference",
+        "readme-example: refined phy2log differs from the reference",
+        "readme-example: refined-without-a phy2log differs from the reference",
+        "readme-example: refined-without-b phy2log differs from the reference",
+        "readme-example: refined-without-refinements phy2log differs from the reference",
         "readme-example: baseline phy2log differs from the reference",
     ]
     heavier = copy.deepcopy(vector)
@@ -148,14 +148,14 @@ def test_the_float32_case_separates_float32_from_float64() -> None:
 def test_refinement_a_never_acts_in_any_vector() -> None:
     """Backs the vectors README: seed-without-a is always the seed output."""
     for _, vector in all_vectors():
-        assert vector["expected"]["seed-without-a"] == {"same_as": "seed"}
-        assert not np.asarray(resolved(vector["expected"], "seed")["counts_refined"]).any()
+        assert vector["expected"]["refined-without-a"] == {"same_as": "refined"}
+        assert not np.asarray(resolved(vector["expected"], "refined")["counts_refined"]).any()
 
 
 def test_refinement_b_acts_in_some_vector_of_every_tier() -> None:
     for tier in TIERS:
         assert any(
-            np.asarray(resolved(v["expected"], "seed")["replicas_swapped"]).any()
+            np.asarray(resolved(v["expected"], "refined")["replicas_swapped"]).any()
             for v in tier_file(tier)["vectors"]
         ), tier
 

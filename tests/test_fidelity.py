@@ -84,29 +84,29 @@ def test_explain_reproduces_the_reference(problem: BalancingProblem, name: str) 
 
 @given(problems())
 def test_the_fast_path_is_identical_to_both_references(problem: BalancingProblem) -> None:
-    assert report_of(fast_seed, problem, "seed").identical
+    assert report_of(fast_seed, problem, "refined").identical
     assert report_of(fast_baseline, problem, "baseline").identical
 
 
 # Each port, the reference it is a port of, the steps its divergences may be attributed
 # to, and the kinds they may be. A port that only reorders equal keys must show ties only.
 PORTS: list[tuple[str, str, set[Step], set[Kind]]] = [
-    ("top_up_tie", "seed", {Step.COUNTS}, {Kind.TIE}),
-    ("gpu_tie_last", "seed", {Step.PACKING, Step.LOG2PHY}, {Kind.TIE}),
-    ("numbered_by_slot", "seed", {Step.LOG2PHY}, {Kind.TIE}),
+    ("top_up_tie", "refined", {Step.COUNTS}, {Kind.TIE}),
+    ("gpu_tie_last", "refined", {Step.PACKING, Step.LOG2PHY}, {Kind.TIE}),
+    ("numbered_by_slot", "refined", {Step.LOG2PHY}, {Kind.TIE}),
     ("baseline_equal_loads_last", "baseline", {Step.PACKING, Step.SLOTS, Step.LOG2PHY}, {Kind.TIE}),
-    ("without_refinement_b", "seed", {Step.REFINEMENT_B}, {Kind.REAL}),
-    ("refinement_a_without_margin", "seed", {Step.REFINEMENT_A}, {Kind.REAL}),
-    ("split_in_index_order", "seed", {Step.SPLIT}, {Kind.TIE, Kind.REAL}),
+    ("without_refinement_b", "refined", {Step.REFINEMENT_B}, {Kind.REAL}),
+    ("refinement_a_without_margin", "refined", {Step.REFINEMENT_A}, {Kind.REAL}),
+    ("split_in_index_order", "refined", {Step.SPLIT}, {Kind.TIE, Kind.REAL}),
     # A packing one refinement-B swap away from the reference's greedy, with the swap B
     # could have made, reads as refinement B breaking a tie: the output cannot tell.
     (
         "packing_without_labels",
-        "seed",
+        "refined",
         {Step.PACKING, Step.REFINEMENT_B, Step.SLOTS, Step.LOG2PHY},
         set(Kind),
     ),
-    ("slots_reversed", "seed", {Step.SLOTS, Step.LOG2PHY}, set(Kind)),
+    ("slots_reversed", "refined", {Step.SLOTS, Step.LOG2PHY}, set(Kind)),
 ]
 
 
@@ -124,7 +124,7 @@ def test_each_port_diverges_only_at_its_step(
 
 def test_the_reference_port_is_the_reference() -> None:
     problem = BalancingProblem([[90, 132, 40, 61, 104, 165, 39, 4]], 12, 4, 2, 4)
-    assert report_of(ports.REFERENCE, problem, "seed").identical
+    assert report_of(ports.REFERENCE, problem, "refined").identical
     assert report_of(ports.BASELINE, problem, "baseline").identical
 
 
@@ -141,7 +141,7 @@ def test_a_tie_only_port_of_the_baseline_is_equivalent_for_balance(
 
 def test_top_up_tie() -> None:
     problem = BalancingProblem([[4, 4, 4, 1]], 6, 1, 1, 2)
-    divergence = only(report_of(ports.top_up_tie, problem, "seed"))
+    divergence = only(report_of(ports.top_up_tie, problem, "refined"))
     assert (divergence.step, divergence.kind) == (Step.COUNTS, Kind.TIE)
     assert divergence.detail == (
         "top-up: expert 0 and expert 2 have equal w/c 4; the reference serves expert 0, "
@@ -151,7 +151,7 @@ def test_top_up_tie() -> None:
 
 def test_split_in_index_order() -> None:
     problem = BalancingProblem([[9, 9, 5, 5, 1, 1, 2, 2]], 8, 4, 2, 2)
-    divergence = only(report_of(ports.split_in_index_order, problem, "seed"))
+    divergence = only(report_of(ports.split_in_index_order, problem, "refined"))
     assert (divergence.step, divergence.kind, divergence.node) == (Step.SPLIT, Kind.REAL, None)
     assert divergence.detail == (
         "group 1 (load 10) goes to node 1 (load 0) in the reference; the target puts it on "
@@ -170,7 +170,7 @@ def test_float32_group_sums_are_a_near_tie() -> None:
 
 def test_packing_without_labels() -> None:
     problem = BalancingProblem([[8, 4, 5]], 4, 1, 1, 2)
-    divergence = only(report_of(ports.packing_without_labels, problem, "seed"))
+    divergence = only(report_of(ports.packing_without_labels, problem, "refined"))
     assert (divergence.step, divergence.kind) == (Step.PACKING, Kind.REAL)
     assert divergence.detail == (
         "a replica of expert 0 (load 4) goes to GPU 0 (held 0, load 5, count 1) in the "
@@ -182,22 +182,22 @@ def test_a_packing_equal_up_to_relabeling_is_a_tie() -> None:
     """Without labels the packing of [5, 3, 15] (9 slots, 3 GPUs) is the reference's with
     GPUs 0 and 2 exchanged: the GPU chosen among equal (empty) ones is a tie."""
     problem = BalancingProblem([[5, 3, 15]], 9, 1, 1, 3)
-    divergence = only(report_of(ports.packing_without_labels, problem, "seed"))
+    divergence = only(report_of(ports.packing_without_labels, problem, "refined"))
     assert (divergence.step, divergence.kind) == (Step.PACKING, Kind.TIE)
     assert divergence.balance_equivalent
 
 
 def test_refinement_b_skipped() -> None:
     problem = BalancingProblem([[6, 17, 2, 8]], 6, 1, 1, 2)
-    divergence = only(report_of(ports.without_refinement_b, problem, "seed"))
+    divergence = only(report_of(ports.without_refinement_b, problem, "refined"))
     assert (divergence.step, divergence.kind) == (Step.REFINEMENT_B, Kind.REAL)
     assert divergence.detail.startswith("the target equals the reference with refinement B off")
-    assert report_of(ports.without_refinement_b, problem, "seed-without-b").identical
+    assert report_of(ports.without_refinement_b, problem, "refined-without-b").identical
 
 
 def test_refinement_a_without_its_margin() -> None:
     problem = BalancingProblem([[0.0, 6.4e-150]], 4, 1, 1, 2)
-    divergence = only(report_of(ports.refinement_a_without_margin, problem, "seed"))
+    divergence = only(report_of(ports.refinement_a_without_margin, problem, "refined"))
     assert (divergence.step, divergence.kind) == (Step.REFINEMENT_A, Kind.REAL)
     assert divergence.detail.startswith("the target moves a replica from expert 0 to expert 1")
     assert divergence.detail.endswith("; the reference moves none")
@@ -205,16 +205,16 @@ def test_refinement_a_without_its_margin() -> None:
 
 def test_slots_in_another_order() -> None:
     problem = BalancingProblem([[90, 132, 40, 61, 104, 165, 39, 4]], 12, 4, 2, 4)
-    divergence = only(report_of(ports.slots_reversed, problem, "seed"))
+    divergence = only(report_of(ports.slots_reversed, problem, "refined"))
     assert (divergence.step, divergence.kind) == (Step.SLOTS, Kind.REAL)
     assert divergence.balance_equivalent
 
 
 def test_numbering_by_slot_is_a_tie_and_invisible_in_phy2log() -> None:
     problem = BalancingProblem([[9, 1, 4, 4]], 8, 1, 1, 4)
-    divergence = only(report_of(ports.numbered_by_slot, problem, "seed"))
+    divergence = only(report_of(ports.numbered_by_slot, problem, "refined"))
     assert (divergence.step, divergence.kind) == (Step.LOG2PHY, Kind.TIE)
-    assert report_of(ports.phy2log_only(ports.numbered_by_slot), problem, "seed").identical
+    assert report_of(ports.phy2log_only(ports.numbered_by_slot), problem, "refined").identical
 
 
 def test_gpu_tie_then_refinement_b_is_a_packing_tie() -> None:
@@ -223,7 +223,7 @@ def test_gpu_tie_then_refinement_b_is_a_packing_tie() -> None:
     found = []
     for layer_loads in ([6, 17, 2, 8], [2, 2, 0], [3, 8, 8, 1, 5]):
         problem = BalancingProblem([layer_loads], 6, 1, 1, 2)
-        found += report_of(ports.gpu_tie_last, problem, "seed").divergences
+        found += report_of(ports.gpu_tie_last, problem, "refined").divergences
     assert found
     assert all(d.step is Step.PACKING and d.kind is Kind.TIE for d in found)
 
@@ -233,9 +233,9 @@ def test_gpu_tie_then_refinement_b_is_a_packing_tie() -> None:
 
 def test_summary_lines() -> None:
     problem = BalancingProblem([[4, 4, 4, 1], [7, 1, 1, 1]], 6, 1, 1, 2)
-    report = report_of(ports.top_up_tie, problem, "seed")
+    report = report_of(ports.top_up_tie, problem, "refined")
     assert report.summary() == (
-        "differs from seed in 1 of 2 layer(s); first difference at counts in 1 (1 tie); "
+        "differs from refined in 1 of 2 layer(s); first difference at counts in 1 (1 tie); "
         "all 1 equivalent for balance"
     )
     assert report.lines()[1] == (
@@ -244,13 +244,13 @@ def test_summary_lines() -> None:
         "expert 2; equivalent for balance"
     )
     assert report.tally() == {(Step.COUNTS, Kind.TIE): 1}
-    identical = report_of(fast_seed, problem, "seed")
-    assert identical.summary() == "identical to seed on all 2 layer(s)"
+    identical = report_of(fast_seed, problem, "refined")
+    assert identical.summary() == "identical to refined on all 2 layer(s)"
 
 
 def test_an_invalid_placement_is_reported_not_compared() -> None:
     problem = BalancingProblem([[4, 4, 4, 1]], 6, 1, 1, 2)
-    report = compare(problem, np.zeros((1, 6), dtype=np.int64), "seed")
+    report = compare(problem, np.zeros((1, 6), dtype=np.int64), "refined")
     assert not report.identical
     assert report.layers == []
     assert report.summary().startswith("invalid placement: [count-")
@@ -258,7 +258,7 @@ def test_an_invalid_placement_is_reported_not_compared() -> None:
 
 def test_reference_names() -> None:
     assert reference_named("baseline").variant == "baseline"
-    assert not reference_named("seed-without-b").refine_b
+    assert not reference_named("refined-without-b").refine_b
     with pytest.raises(ValueError, match="same_as must be one of"):
         reference_named("deepseek")
 
@@ -274,14 +274,16 @@ def tiny_workloads() -> list[Workload]:
 
 
 def test_run_fidelity_on_an_identical_target() -> None:
-    run = run_fidelity(in_process(fast_seed), "seed", examples=30, workloads=tiny_workloads())
+    run = run_fidelity(in_process(fast_seed), "refined", examples=30, workloads=tiny_workloads())
     assert run.verdict == "pass", run.summary()
     assert run.generated == []
     assert all(t.report is not None and t.report.identical for t in run.traces)
 
 
 def test_run_fidelity_shrinks_to_a_small_input_at_the_right_step() -> None:
-    run = run_fidelity(in_process(ports.without_refinement_b), "seed", examples=100, workloads=[])
+    run = run_fidelity(
+        in_process(ports.without_refinement_b), "refined", examples=100, workloads=[]
+    )
     assert run.verdict == "fail"
     first = run.generated[0]
     assert first.report is not None
@@ -297,7 +299,7 @@ def test_run_fidelity_shrinks_to_a_small_input_at_the_right_step() -> None:
     assert problem.num_layers == 1
     assert problem.num_replicas <= 16
     assert problem.num_experts <= 8
-    assert report_of(ports.without_refinement_b, problem, "seed").divergences == [divergence]
+    assert report_of(ports.without_refinement_b, problem, "refined").divergences == [divergence]
 
 
 def test_run_fidelity_on_a_port_that_differs_only_by_ties() -> None:
@@ -320,7 +322,7 @@ def test_run_fidelity_reports_a_failing_target() -> None:
     def fails(weight: torch.Tensor, r: int, g: int, n: int, p: int) -> Any:
         raise RuntimeError("no GPU")
 
-    run = run_fidelity(in_process(fails), "seed", examples=5, workloads=[])
+    run = run_fidelity(in_process(fails), "refined", examples=5, workloads=[])
     assert run.verdict == "fail"
     assert run.generated[0].failure is not None
     assert "no GPU" in run.generated[0].failure

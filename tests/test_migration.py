@@ -85,7 +85,7 @@ def rebalance_cases(
         if draw(st.booleans()):
             seed_variant = draw(st.booleans())
             placements.append(
-                balance(problem, variant="seed" if seed_variant else "baseline").phy2log
+                balance(problem, variant="refined" if seed_variant else "baseline").phy2log
             )
         else:
             rows = [draw(placement_rows(problem)) for _ in range(layers)]
@@ -204,7 +204,7 @@ def test_rebalance_keeps_the_stateless_gpu_loads_per_node_and_never_adds_transfe
     case: tuple[BalancingProblem, IntArray, IntArray],
 ) -> None:
     problem, old, _ = case
-    for variant in ("seed", "baseline"):
+    for variant in ("refined", "baseline"):
         stateless = balance(problem, variant=variant)
         result = balance(problem, variant=variant, previous=old)
         assert check_placement(problem, result.phy2log, result.log2phy, result.logcnt) == []

@@ -268,8 +268,8 @@ def test_layer_optimum_is_a_lower_bound_for_both_variants(layer: int) -> None:
     answer = optimal_layer(problem, layer)
     assert answer.result.status is Status.OPTIMAL
     assert answer.result.objective is not None
-    for variant in ("seed", "baseline"):
-        result = balance(problem, variant="seed" if variant == "seed" else "baseline")
+    for variant in ("refined", "baseline"):
+        result = balance(problem, variant="refined" if variant == "refined" else "baseline")
         peak = Fraction(
             float(peak_gpu_load(problem.loads, result.phy2log, result.logcnt, 8)[layer])
         )

@@ -39,14 +39,14 @@ def test_deepseek_worked_example_baseline_matches_the_published_output() -> None
 WORKLOADS, SOURCE = default_workloads()
 
 
-@pytest.mark.parametrize("variant", ["seed", "baseline"])
+@pytest.mark.parametrize("variant", ["refined", "baseline"])
 @pytest.mark.parametrize("workload", WORKLOADS, ids=[w.name for w in WORKLOADS])
 def test_checker_accepts_every_output_on_the_traces(workload: object, variant: str) -> None:
     from properties.workloads import Workload
 
     assert isinstance(workload, Workload)
     problem = BalancingProblem(workload.loads, *TRACE_CLUSTER)
-    result = balance(problem, variant="seed" if variant == "seed" else "baseline")
+    result = balance(problem, variant="refined" if variant == "refined" else "baseline")
     violations = check_placement(problem, result.phy2log, result.log2phy, result.logcnt)
     assert violations == [], [str(v) for v in violations]
 

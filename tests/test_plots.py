@@ -103,7 +103,7 @@ def test_the_layer_figure_draws_each_step_of_both_balancers(
     mean = float(problem.loads[layer].sum()) / num_gpus
     baseline = balance(problem, variant="baseline")
     rows = [
-        ("reference", "seed", balance(problem, refine_b=False), balance(problem)),
+        ("reference", "refined", balance(problem, refine_b=False), balance(problem)),
         ("baseline", "baseline", baseline, baseline),
     ]
     seen_duplicates = 0
@@ -135,13 +135,13 @@ def test_the_layer_figure_draws_each_step_of_both_balancers(
             assert level(stage, plots.LOWER_BOUND_LABEL) == lower
             assert level(stage, plots.MEAN_LABEL) == pytest.approx(mean, rel=1e-12)
         assert "groups to nodes" in axes[0].get_title()
-        assert ("water-filling" if variant == "seed" else "greedy replication") in axes[
+        assert ("water-filling" if variant == "refined" else "greedy replication") in axes[
             1
         ].get_title()
-        assert ("diverse greedy" if variant == "seed" else "balanced packing") in axes[
+        assert ("diverse greedy" if variant == "refined" else "balanced packing") in axes[
             2
         ].get_title()
-        assert ("refinement B (final)" if variant == "seed" else "no refinement B") in axes[
+        assert ("refinement B (final)" if variant == "refined" else "no refinement B") in axes[
             3
         ].get_title()
         peak = float(final_loads.max())
@@ -194,8 +194,8 @@ def test_the_trace_figure_draws_peak_over_bound_and_the_certified_interval_per_l
     full = BalancingProblem(loads, *TRACE_CLUSTER)
     lower = [float(layer_lower_bound(full, layer)) for layer in layers]
     shown = BalancingProblem(loads[layers], *TRACE_CLUSTER)
-    for label_start, variant in (("reference", "seed"), ("baseline", "baseline")):
-        result = balance(full, variant=variant)  # type: ignore[arg-type]
+    for label_start, variant in (("reference", "refined"), ("baseline", "baseline")):
+        result = balance(full, variant=variant)
         peaks = peak_gpu_load(full.loads, result.phy2log, result.logcnt, full.num_gpus)
         (series,) = [
             item for item in axes.get_lines() if str(item.get_label()).startswith(label_start)
@@ -204,7 +204,7 @@ def test_the_trace_figure_draws_peak_over_bound_and_the_certified_interval_per_l
         assert drawn_x == layers
         expected = [float(peaks[layer]) / bound for layer, bound in zip(layers, lower, strict=True)]
         assert drawn_y == pytest.approx(expected, rel=1e-12)
-        part = balance(shown, variant=variant)  # type: ignore[arg-type]
+        part = balance(shown, variant=variant)
         score = balancedness(gpu_loads(shown.loads, part.phy2log, part.logcnt, shown.num_gpus))
         assert f"balancedness {score:.4f}" in str(series.get_label())
 
@@ -415,7 +415,7 @@ def test_plot_commands_write_png_and_svg(
         (["plot", "trace", "--gpus", "7"], "num_replicas (288) must be divisible by num_gpus (7)"),
         (["plot", "gate", "missing.json"], "cannot read the gate report missing.json"),
         (["report", "--plot", "FILE"], "--plot FILE: cannot create the folder"),
-        (["gate", "--same-as", "seed", "--plot", "OUT"], "does not apply to --same-as"),
+        (["gate", "--same-as", "refined", "--plot", "OUT"], "does not apply to --same-as"),
     ],
 )
 def test_plot_commands_reject_bad_arguments_in_one_line(

@@ -1,5 +1,5 @@
 """The property suite applied to the reference and the baseline, and the properties that
-settle the questions of ALGORITHMS.md (see docs/ANSWERS.md)."""
+settle the questions of the specification (see docs/ANSWERS.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Each step of the balancer on small cases checked by hand against ALGORITHMS.md."""
+"""Each step of the balancer on small cases checked by hand against docs/specification.md."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Ports of the reference that differ from it on purpose, each in exactly one step.
 
 The fidelity mode must attribute each port's divergences to that step (and say whether
-they are ties). ``Port`` runs the pipeline of ``shared/ALGORITHMS.md`` from the step
+they are ties). ``Port`` runs the pipeline of ``docs/specification.md`` from the step
 functions of ``impl.steps``, with one of them swapped for a variant; every port has
 DeepSeek's signature ``f(weight, num_replicas, num_groups, num_nodes, num_gpus)``.
 """
@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from impl.balancer import replica_ranks
 from impl.steps import (
     Packing,
     bisected_counts,
@@ -23,6 +22,7 @@ from impl.steps import (
     pack_diverse,
     refine_counts,
     refine_swap,
+    replica_ranks,
     replicate_greedy,
     sum_left_to_right,
     water_fill,
