@@ -19,11 +19,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 
 from ortools.sat.python import cp_model
 
-from oracle.cpsat import MAX_MODEL_TERMS, SOLVER_NAME, SolverSettings, integer_bound, solve
+from oracle.cpsat import (
+    MAX_MODEL_TERMS,
+    SOLVER_NAME,
+    Deadline,
+    SolverSettings,
+    integer_bound,
+    solve,
+)
 from oracle.exact import INTEGER_BUDGET, as_fractions
 from oracle.replication import check_replication_input, optimal_peak
 from oracle.result import Solution, SolveResult, Status
@@ -103,6 +111,122 @@ def joint_model_size(
     return num_experts * num_packs * rows + num_slots
 
 
+def joint_scale(exact: Sequence[Fraction], most: int) -> tuple[Fraction, bool]:
+    """The factor that turns every share ``w_i * x / c`` (``c <= most``) into an integer:
+    the lcm of the counts and the weights' denominators when the scaled total stays
+    within ``INTEGER_BUDGET`` (exact), else a power of two that keeps it there (each
+    share then rounded by at most 1/2)."""
+    total = sum(exact, Fraction(0))
+    denominators_lcm = 1
+    for w in exact:
+        denominators_lcm = math.lcm(denominators_lcm, w.denominator)
+    counts_lcm = 1
+    for c in range(1, most + 1):
+        counts_lcm = math.lcm(counts_lcm, c)
+        if total * counts_lcm * denominators_lcm > INTEGER_BUDGET:
+            break  # not exact anyway: stop before the lcm grows without bound
+    common = counts_lcm * denominators_lcm
+    # The largest number in the model is a GPU's load, at most the scaled total.
+    if total * common <= INTEGER_BUDGET:
+        return Fraction(common), True
+    scale = Fraction(1)
+    while total * scale * 2 <= INTEGER_BUDGET:
+        scale *= 2
+    while total * scale > INTEGER_BUDGET:
+        scale /= 2
+    return scale, False
+
+
+@dataclass
+class JointModel:
+    """The CP-SAT model of one joint instance: ``count[i]`` replicas of expert ``i``,
+    ``held[i][g]`` of them on GPU ``g``, GPUs ordered by load, ``peak`` minimised."""
+
+    model: cp_model.CpModel
+    count: list[cp_model.IntVar]
+    held: list[list[cp_model.IntVar]]
+    complete: bool  # False when the deadline came while the tables were being added
+
+
+def build_joint_model(
+    exact: Sequence[Fraction],
+    num_slots: int,
+    num_packs: int,
+    limits: tuple[int, int],
+    scaling: tuple[Fraction, bool],
+    floor: int,
+    deadline: Deadline,
+) -> JointModel:
+    """The model; ``limits`` = (most replicas of an expert, most of them on one GPU). The
+    load an expert puts on a GPU is ``w * x / c``: a table over the allowed ``(c, x)``
+    pairs gives it exactly in scaled integers."""
+    most, most_here = limits
+    scale, is_exact = scaling
+    n, cap = len(exact), num_slots // num_packs
+
+    def scaled_share(i: int, c: int, x: int) -> int:
+        value = exact[i] * x / c * scale
+        assert not is_exact or value.denominator == 1
+        return round(value)
+
+    scaled = [scaled_share(i, 1, 1) for i in range(n)]
+    model = cp_model.CpModel()
+    count = [model.new_int_var(1, most, f"c{i}") for i in range(n)]
+    held = [
+        [model.new_int_var(0, most_here, f"x{i}_{g}") for g in range(num_packs)] for i in range(n)
+    ]
+    share = [
+        [model.new_int_var(0, scaled[i] + 1, f"t{i}_{g}") for g in range(num_packs)]
+        for i in range(n)
+    ]  # w * x / c <= w
+    model.add(sum(count) == num_slots)
+    complete = True
+    for i in range(n):
+        if deadline.expired():
+            complete = False  # building the model used the time up
+            break
+        model.add(sum(held[i]) == count[i])
+        pairs = [
+            (c, x, scaled_share(i, c, x))
+            for c in range(1, most + 1)
+            for x in range(0, min(c, most_here) + 1)
+        ]
+        for g in range(num_packs):
+            model.add_allowed_assignments([count[i], held[i][g], share[i][g]], pairs)
+    loads = []
+    for g in range(num_packs):
+        model.add(sum(held[i][g] for i in range(n)) == cap)
+        load = model.new_int_var(0, sum(scaled) + n, f"load{g}")
+        model.add(load == sum(share[i][g] for i in range(n)))
+        loads.append(load)
+    for g in range(num_packs - 1):
+        model.add(loads[g] >= loads[g + 1])  # identical GPUs: heaviest first
+    peak = model.new_int_var(max(0, floor), sum(scaled) + n, "peak")
+    model.add(peak == loads[0])
+    model.minimize(peak)
+    return JointModel(model, count, held, complete)
+
+
+def hint_joint(
+    joint: JointModel, exact: Sequence[Fraction], guess: tuple[list[int], list[int]]
+) -> None:
+    """Start CP-SAT from a known placement (GPUs renamed heaviest first, as the model
+    orders them)."""
+    counts, pack_of = guess
+    num_packs = len(joint.held[0]) if joint.held else 0
+    labels = replica_listing(counts)
+    per_pack = [[0] * num_packs for _ in range(len(exact))]
+    pack_load = [Fraction(0)] * num_packs
+    for label, p in zip(labels, pack_of, strict=True):
+        per_pack[label][p] += 1
+        pack_load[p] += exact[label] / counts[label]
+    order = sorted(range(num_packs), key=lambda p: -pack_load[p])
+    for i in range(len(exact)):
+        joint.model.add_hint(joint.count[i], counts[i])
+        for g, p in enumerate(order):
+            joint.model.add_hint(joint.held[i][g], per_pack[i][p])
+
+
 def solve_joint(
     weights: Sequence[float | int | Fraction],
     num_slots: int,
@@ -147,90 +271,20 @@ def solve_joint(
             f"than the {MAX_MODEL_TERMS} one model may have; the bound is analytical",
         )
 
-    # Integers: exact with the lcm of every count and denominator when it fits, else a
-    # power-of-two resolution (each table entry then off by at most 1/2).
-    total = sum(exact, Fraction(0))
-    denominators_lcm = 1
-    for w in exact:
-        denominators_lcm = math.lcm(denominators_lcm, w.denominator)
-    counts_lcm = 1
-    for c in range(1, most + 1):
-        counts_lcm = math.lcm(counts_lcm, c)
-        if total * counts_lcm * denominators_lcm > INTEGER_BUDGET:
-            break  # not exact anyway: stop before the lcm grows without bound
-    common = counts_lcm * denominators_lcm  # makes every w_i * x / c an integer
-    # The largest number in the model is a GPU's load, at most the scaled total.
-    is_exact = total * common <= INTEGER_BUDGET
-    scale = Fraction(common)
-    if not is_exact:
-        scale = Fraction(1)
-        while total * scale * 2 <= INTEGER_BUDGET:
-            scale *= 2
-        while total * scale > INTEGER_BUDGET:
-            scale /= 2
-
-    def scaled_share(i: int, c: int, x: int) -> int:
-        value = exact[i] * x / c * scale
-        assert not is_exact or value.denominator == 1
-        return round(value)
-
-    scaled = [scaled_share(i, 1, 1) for i in range(n)]
-    guess = joint_heuristic(exact, num_slots, num_packs, distinct)
-    model = cp_model.CpModel()
-    count = [model.new_int_var(1, most, f"c{i}") for i in range(n)]
-    held = [
-        [model.new_int_var(0, most_here, f"x{i}_{g}") for g in range(num_packs)] for i in range(n)
-    ]
-    share = [
-        [
-            model.new_int_var(0, scaled[i] + 1, f"t{i}_{g}")  # w * x / c <= w
-            for g in range(num_packs)
-        ]
-        for i in range(n)
-    ]
-    model.add(sum(count) == num_slots)
-    for i in range(n):
-        if deadline.expired():
-            break  # building the model uses the time up: answer with the guess below
-        model.add(sum(held[i]) == count[i])
-        pairs = [
-            (c, x, scaled_share(i, c, x))
-            for c in range(1, most + 1)
-            for x in range(0, min(c, most_here) + 1)
-        ]
-        for g in range(num_packs):
-            model.add_allowed_assignments([count[i], held[i][g], share[i][g]], pairs)
-    loads = []
-    for g in range(num_packs):
-        model.add(sum(held[i][g] for i in range(n)) == cap)
-        load = model.new_int_var(0, sum(scaled) + n, f"load{g}")
-        model.add(load == sum(share[i][g] for i in range(n)))
-        loads.append(load)
-    for g in range(num_packs - 1):
-        model.add(loads[g] >= loads[g + 1])
+    scale, is_exact = joint_scale(exact, most)
     floor = int(analytical * scale) - (0 if is_exact else cap)
-    peak = model.new_int_var(max(0, floor), sum(scaled) + n, "peak")
-    model.add(peak == loads[0])
-    model.minimize(peak)
-
+    guess = joint_heuristic(exact, num_slots, num_packs, distinct)
+    joint = build_joint_model(
+        exact, num_slots, num_packs, (most, most_here), (scale, is_exact), floor, deadline
+    )
     if guess is not None:
-        counts, pack_of = guess
-        labels = replica_listing(counts)
-        per_pack = [[0] * num_packs for _ in range(n)]
-        pack_load = [Fraction(0)] * num_packs
-        for label, p in zip(labels, pack_of, strict=True):
-            per_pack[label][p] += 1
-            pack_load[p] += exact[label] / counts[label]
-        order = sorted(range(num_packs), key=lambda p: -pack_load[p])
-        for i in range(n):
-            model.add_hint(count[i], counts[i])
-            for g, p in enumerate(order):
-                model.add_hint(held[i][g], per_pack[i][p])
+        hint_joint(joint, exact, guess)
 
     code = cp_model.UNKNOWN
     bound = analytical
     if not deadline.expired():
-        solver, code = solve(settings, model, guess is not None or not distinct, "joint", deadline)
+        known = guess is not None or not distinct
+        solver, code = solve(settings, joint.model, known, "joint", deadline)
         if code == cp_model.INFEASIBLE:
             return SolveResult.infeasible(
                 "joint", analytical, time.perf_counter() - start, SOLVER_NAME, settings.describe()
@@ -239,12 +293,12 @@ def solve_joint(
         bound = max(analytical, solver_bound / scale)
     elapsed = time.perf_counter() - start
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        counts = [int(solver.value(v)) for v in count]
+        counts = [int(solver.value(v)) for v in joint.count]
         pack_of = [
             g
             for i in range(n)
             for g in range(num_packs)
-            for _ in range(int(solver.value(held[i][g])))
+            for _ in range(int(solver.value(joint.held[i][g])))
         ]
     elif guess is not None:  # out of time before CP-SAT found one: the greedy's placement
         counts, pack_of = guess

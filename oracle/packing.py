@@ -76,6 +76,42 @@ def check_packing_input(
             raise TypeError("labels must be integers")
 
 
+def build_packing_model(
+    w: Sequence[int], num_packs: int, labels: Sequence[int] | None, floor: int
+) -> tuple[cp_model.CpModel, dict[tuple[int, int], cp_model.IntVar]]:
+    """The model of a packing whose items are sorted heaviest first: ``x[j, p]`` when
+    item ``j`` is in pack ``p``, only for ``p <= j`` (identical packs: symmetry broken),
+    ``cap`` items per pack, at most one item of a label per pack, the heaviest pack
+    (at least ``floor``) minimised."""
+    count = len(w)
+    cap = count // num_packs
+    model = cp_model.CpModel()
+    x = {
+        (j, p): model.new_bool_var(f"x{j}_{p}")
+        for j in range(count)
+        for p in range(min(j, num_packs - 1) + 1)
+    }
+
+    def in_pack(p: int) -> list[int]:
+        return [j for j in range(count) if (j, p) in x]
+
+    for j in range(count):
+        model.add_exactly_one(x[j, p] for p in range(min(j, num_packs - 1) + 1))
+    for p in range(num_packs):
+        model.add(sum(x[j, p] for j in in_pack(p)) == cap)
+    if labels is not None:
+        for label in set(labels):
+            for p in range(num_packs):
+                column = [x[j, p] for j in in_pack(p) if labels[j] == label]
+                if len(column) > 1:
+                    model.add_at_most_one(column)
+    peak = model.new_int_var(max(0, floor), sum(w), "peak")
+    for p in range(num_packs):
+        model.add(sum(w[j] * x[j, p] for j in in_pack(p)) <= peak)
+    model.minimize(peak)
+    return model, x
+
+
 def solve_packing(
     weights: Sequence[float | int | Fraction],
     num_packs: int,
@@ -127,33 +163,8 @@ def solve_packing(
     w = [scaled.integers[j] for j in order]
     lab = None if labels is None else [labels[j] for j in order]
 
-    model = cp_model.CpModel()
-    # x[j, p]: item j (heaviest first) in pack p, only for p <= j (symmetry breaking).
-    x = {
-        (j, p): model.new_bool_var(f"x{j}_{p}")
-        for j in range(count)
-        for p in range(min(j, num_packs - 1) + 1)
-    }
-
-    def in_pack(p: int) -> list[int]:
-        return [j for j in range(count) if (j, p) in x]
-
-    for j in range(count):
-        model.add_exactly_one(x[j, p] for p in range(min(j, num_packs - 1) + 1))
-    for p in range(num_packs):
-        model.add(sum(x[j, p] for j in in_pack(p)) == cap)
-    if lab is not None:
-        for label in set(lab):
-            for p in range(num_packs):
-                column = [x[j, p] for j in in_pack(p) if lab[j] == label]
-                if len(column) > 1:
-                    model.add_at_most_one(column)
-    total = sum(w)
     floor = int(analytical * scaled.scale) - (cap if not scaled.exact else 0)
-    peak = model.new_int_var(max(0, floor), total, "peak")
-    for p in range(num_packs):
-        model.add(sum(w[j] * x[j, p] for j in in_pack(p)) <= peak)
-    model.minimize(peak)
+    model, x = build_packing_model(w, num_packs, lab, floor)
 
     start_from = None if hint is None else [hint[j] for j in order]
     if start_from is not None and packing_violations(start_from, num_packs, lab):

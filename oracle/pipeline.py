@@ -265,6 +265,27 @@ def cluster_lower_bound(problem: BalancingProblem, weights: Sequence[Fraction]) 
     return joint_lower_bound(weights, problem.num_replicas, problem.num_gpus)
 
 
+def ranked_splits(
+    problem: BalancingProblem, exact: Sequence[Fraction], deadline: Deadline
+) -> list[tuple[Fraction, Split]] | None:
+    """Every split with its analytical bound (the largest ``joint_lower_bound`` of its
+    nodes), most promising first; None when the deadline comes first."""
+    block_bounds: dict[tuple[int, ...], Fraction] = {}
+    ranked: list[tuple[Fraction, Split]] = []
+    for split in splits_of(problem):
+        if deadline.expired():
+            return None
+        for block in split:
+            if block not in block_bounds:
+                node = [exact[e] for e in node_experts(problem, block)]
+                block_bounds[block] = joint_lower_bound(
+                    node, problem.slots_per_node, problem.gpus_per_node
+                )
+        ranked.append((max(block_bounds[b] for b in split), split))
+    ranked.sort()
+    return ranked
+
+
 def optimal_layer(
     problem: BalancingProblem,
     layer: int,
@@ -303,18 +324,9 @@ def optimal_layer(
             "every placement",
         )
     slots, gpus = problem.slots_per_node, problem.gpus_per_node
-
-    block_bounds: dict[tuple[int, ...], Fraction] = {}
-    ranked: list[tuple[Fraction, Split]] = []
-    for split in splits_of(problem):
-        if deadline.expired():
-            return unknown(everywhere, "time limit reached while bounding the group splits")
-        for block in split:
-            if block not in block_bounds:
-                node = [exact[e] for e in node_experts(problem, block)]
-                block_bounds[block] = joint_lower_bound(node, slots, gpus)
-        ranked.append((max(block_bounds[b] for b in split), split))
-    ranked.sort()
+    ranked = ranked_splits(problem, exact, deadline)
+    if ranked is None:
+        return unknown(everywhere, "time limit reached while bounding the group splits")
 
     solved: dict[tuple[int, ...], SolveResult] = {}
     best: tuple[Fraction, Split, list[Solution]] | None = None
