@@ -234,8 +234,10 @@ class RayCluster:
         ray = optional_module("ray", "--ray needs Ray", "ray")
         self.ray = ray
         self.started = not ray.is_initialized()
-        if self.started:
-            ray.init(address=None if address == "local" else address, log_to_driver=False)
+        if self.started and address == "local":
+            ray.init(include_dashboard=False, log_to_driver=False)
+        elif self.started:
+            ray.init(address=address, log_to_driver=False)
         self.description = f"Ray cluster ({address})"
 
     def executor(self) -> Executor:
@@ -351,7 +353,10 @@ def run_jobs(
     finally:
         for future in in_flight:
             future.cancel()
-        executor.shutdown(wait=False, cancel_futures=True)
+        try:
+            executor.shutdown(wait=False, cancel_futures=True)
+        except TypeError:  # an executor without cancel_futures (Dask's)
+            executor.shutdown(wait=False)
         if not finished:  # interrupted, or the caller stopped early
             backend.terminate()
 

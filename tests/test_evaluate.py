@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from properties.cli import main
-from properties.distribute import DaskCluster, LocalPool
+from properties.distribute import DaskCluster, LocalPool, RayCluster
 from properties.evaluate import (
     METRIC_KEYS,
     SLOW_FREE,
@@ -163,7 +163,7 @@ def test_a_valid_but_poor_target_keeps_its_gap_in_the_metrics() -> None:
     )
     assert result["verdict"] == "pass"
     assert result["optimality_gap_max"] > 0.99  # twice the optimum on a tie at token scale
-    assert "100.0000% above the optimum" in result["feedback"]
+    assert f"{result['optimality_gap_max']:.4%} above the optimum" in result["feedback"]
 
 
 def test_a_program_that_cannot_be_imported_scores_zero(tmp_path: Path) -> None:
@@ -276,7 +276,11 @@ def programs(tmp_path: Path) -> Path:
     (folder / "a_reference.py").write_text(reference)
     (folder / "b_reference_again.py").write_text(reference + "# the same, other bytes\n")
     (folder / "c_wrong_count.py").write_text(
-        Path(BROKEN).read_text() + "\nrebalance_experts = wrong_count\n"
+        "from impl import rebalance_experts as reference\n\n\n"
+        "def rebalance_experts(weight, r, g, n, p):\n"
+        "    phy2log, log2phy, logcnt = reference(weight, r, g, n, p)\n"
+        "    logcnt[:, 0] += 1\n"
+        "    return phy2log, log2phy, logcnt\n"
     )
     return folder
 
@@ -387,3 +391,23 @@ def test_settings_are_part_of_the_key(programs: Path) -> None:
     assert result_key(candidate.sha256, "f", other) != result_key(candidate.sha256, "g", other)
     assert result_key(candidate.sha256, "f", other) != result_key(candidate.sha256, "f", Settings())
     assert os.path.basename(candidate.program) == "a_reference.py"
+
+
+def test_a_batch_through_ray_survives_a_killed_worker(
+    programs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opt-in (``nox -s ray``): skipped where Ray is not installed."""
+    pytest.importorskip("ray")
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("EPLB_LOST_WORKER_MARKER", str(marker))
+    candidates = find_candidates([str(programs), f"{LOST_WORKER}:kills_its_evaluator_once"])
+    lines: list[dict[str, Any]] = []
+    backend = RayCluster("local")
+    try:
+        evaluate_many(candidates, CONTRACT_ONLY, backend, lines.append)
+    finally:
+        backend.close()
+    assert marker.exists(), "the worker was killed"
+    assert Counter(x["program"] for x in lines) == Counter(c.program for c in candidates)
+    assert [x["status"] for x in lines] == ["evaluated"] * 4, lines
+    assert sorted(x["verdict"] for x in lines) == ["fail", "pass", "pass", "pass"]
