@@ -20,10 +20,12 @@ affects few jobs and results stream back as they are done.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import multiprocessing
 import os
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import (
@@ -107,6 +109,20 @@ class InlineExecutor(Executor):
         return future
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def end_with_parent(parent: int) -> None:
+    """In a pool worker: SIGTERM when the process that made the pool dies, however it
+    dies (Linux), so that no worker outlives it; a job ends its target's processes on
+    SIGTERM (``signals_end_the_run``)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 class LocalPool:
     """A pool of ``workers`` fresh interpreters on this machine (``spawn``: nothing of
     this process, threads or imported state, is inherited)."""
@@ -121,7 +137,10 @@ class LocalPool:
     def executor(self) -> Executor:
         self.terminate()
         self.current = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=end_with_parent,
+            initargs=(os.getpid(),),
         )
         return self.current
 

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -631,7 +632,13 @@ def run_evaluation_job(job: EvaluationJob) -> dict[str, Any]:
     does; an internal error of eplb-spec is a result with ``status: error``."""
     candidate = job.candidate
     try:
-        with signals_end_the_run():
+        with signals_end_the_run(), warnings.catch_warnings():
+            # On a Dask worker the gate runs beside the worker's event loop, whose use of
+            # the random module Hypothesis takes for a strategy's: its data do not depend
+            # on that module (they are derandomized), so the warning is noise there.
+            warnings.filterwarnings(
+                "ignore", message="Do not use the `random` module", category=Warning
+            )
             return evaluate_source(
                 candidate.source, candidate.function, job.settings, candidate.program
             )
@@ -642,6 +649,7 @@ def run_evaluation_job(job: EvaluationJob) -> dict[str, Any]:
         # SIGTERM from a pool being shut down: the target's processes are ended (the
         # gate's context managers ran); a pool worker then leaves at once.
         if multiprocessing.parent_process() is not None:
+            close_speed_reference()
             os._exit(143)
         raise
 
@@ -826,15 +834,16 @@ def evaluate_main(
 
     try:
         progress(f"eplb-spec evaluate: {len(candidates)} program(s) on {backend.description}")
-        summary = evaluate_many(
-            candidates,
-            settings,
-            backend,
-            writer,
-            skip_keys=skip,
-            max_attempts=max_attempts,
-            progress=progress,
-        )
+        with signals_end_the_run():  # SIGTERM, SIGHUP: the workers are ended too
+            summary = evaluate_many(
+                candidates,
+                settings,
+                backend,
+                writer,
+                skip_keys=skip,
+                max_attempts=max_attempts,
+                progress=progress,
+            )
     except KeyboardInterrupt:
         progress(
             "eplb-spec evaluate: interrupted; the lines written stand, rerun with --out to resume"

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from properties.evaluate import (
     evaluate_many,
     find_candidates,
     finished_keys,
+    iter_results,
     make_settings,
     result_key,
     score_formula,
@@ -411,3 +415,52 @@ def test_a_batch_through_ray_survives_a_killed_worker(
     assert Counter(x["program"] for x in lines) == Counter(c.program for c in candidates)
     assert [x["status"] for x in lines] == ["evaluated"] * 4, lines
     assert sorted(x["verdict"] for x in lines) == ["fail", "pass", "pass", "pass"]
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(")") + 2 :].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_batch_killed_outright_leaves_no_worker_behind(programs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    command = [sys.executable, "-m", "properties.cli", "evaluate", str(programs)]
+    command += ["--checks", "contract", "--no-speed", "--workers", "2", "--out", str(out)]
+    batch = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out.exists() and out.read_text().count("\n") >= 1):
+            assert batch.poll() is None, "the batch ended before it was killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        workers = children_of(batch.pid)
+        assert workers, "the pool's workers"
+    finally:
+        batch.kill()
+        batch.wait()
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [p for p in workers if Path(f"/proc/{p}").exists()]
+    assert not [p for p in alive if "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]]
+
+
+def test_the_last_line_per_program_wins(tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    lines = [
+        {"key": "k1", "program": "a.py", "status": "not-evaluated"},
+        {"key": "k2", "program": "b.py", "status": "evaluated"},
+        {"key": "k1", "program": "a.py", "status": "evaluated"},
+    ]
+    out.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"key": "k3", "tor')
+    assert sorted(iter_results(out), key=lambda x: str(x["key"])) == [lines[2], lines[1]]
+    assert finished_keys(out) == {"k1", "k2"}
