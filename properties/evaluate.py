@@ -809,6 +809,8 @@ def evaluate_main(
     Otherwise one JSON line per program, exit 0 when each got an ``evaluated`` line, 1
     when some could not be. 2: bad arguments; 3: an internal error; 130: interrupted."""
     settings = settings or Settings()
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ValueError(f"--max-attempts must be a positive int, got {max_attempts!r}")
     candidates = find_candidates(specs, function)
     if single_program(specs) and all(x is None for x in (out, workers, scheduler, ray)):
         candidate = candidates[0]

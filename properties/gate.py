@@ -587,7 +587,7 @@ def trace_lower_bounds(problem: BalancingProblem) -> list[Fraction]:
     key = (hashlib.sha256(problem.loads.tobytes()).hexdigest(), problem.loads.shape, cluster)
     if key not in _trace_bounds:
         if len(_trace_bounds) >= BOUNDS_KEPT:
-            _trace_bounds.pop(next(iter(_trace_bounds)))
+            _trace_bounds.pop(next(iter(_trace_bounds)), None)
         _trace_bounds[key] = [layer_lower_bound(problem, x) for x in range(problem.num_layers)]
     return _trace_bounds[key]
 
