@@ -11,6 +11,7 @@ checking around them. Nothing here is asserted; the tests check correctness.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
@@ -209,11 +210,8 @@ def run_evaluate_benchmark(
         raise ValueError("--candidates and --repeats must be at least 1")
     specs = [s.strip() for s in backends.split(",") if s.strip()]
     for spec in specs:
-        if spec.startswith("dask"):
-            try:
-                import distributed  # noqa: F401
-            except ImportError:
-                raise ValueError(f"{spec} needs Dask: pip install 'eplb-spec[dask]'") from None
+        if spec.startswith("dask") and importlib.util.find_spec("distributed") is None:
+            raise ValueError(f"{spec} needs Dask: pip install 'eplb-spec[dask]'")
     figures = Figures(
         machine=f"{os.cpu_count()} CPUs (shared with other work: figures vary; best of "
         f"{repeats} run(s) shown with the spread)"
