@@ -60,6 +60,20 @@ def bench(session: nox.Session) -> None:
     session.run("eplb-spec", "bench", *session.posargs)
 
 
+@nox.session
+def ray(session: nox.Session) -> None:
+    """Opt-in (not in CI): the evaluator's batch through a local Ray cluster."""
+    install_project(session, "test,ray")
+    session.run("pytest", "tests/test_evaluate.py", "-k", "ray", *session.posargs)
+
+
+@nox.session(name="bench-evaluate")
+def bench_evaluate(session: nox.Session) -> None:
+    """Candidates per hour of the evaluator: local pool (1, 2 workers), Dask LocalCluster."""
+    install_project(session, "test")
+    session.run("eplb-spec", "evaluate-bench", *session.posargs)
+
+
 @nox.session(name="bench-oracle")
 def bench_oracle(session: nox.Session) -> None:
     """The oracle's speed and reach, and the balancers' certified gaps on the traces."""

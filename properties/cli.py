@@ -280,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     oracle_bench.add_argument("--data", help="folder of trace *.json files")
     oracle_bench.add_argument("--quick", action="store_true", help="fewer instances and layers")
     oracle_bench.add_argument("--json", metavar="FILE", help="also write the tables as JSON")
+    oracle_bench.add_argument(
+        "--clusters",
+        nargs="+",
+        metavar="R,G,N,P",
+        help="cluster shapes (replicas,groups,nodes,gpus) of the certification sweep "
+        "(default: " + ",".join(map(str, TRACE_CLUSTER)) + ")",
+    )
+    add_backend_options(oracle_bench, default_workers=1)
     oracle_bench.set_defaults(handler=run_oracle_bench)
 
     gate = commands.add_parser(
@@ -379,13 +387,21 @@ def build_parser() -> argparse.ArgumentParser:
     from studies.plots import add_plot_commands
 
     add_plot_commands(commands)
+    add_evaluate_commands(commands)
     return parser
 
 
 def run_oracle_bench(args: argparse.Namespace) -> int:
-    from properties.oracle_bench import run_oracle_benchmark
+    from properties.distribute import Inline, choose_backend
+    from properties.oracle_bench import parse_clusters, run_oracle_benchmark
 
-    return run_oracle_benchmark(args.data, args.quick, args.json)
+    clusters = parse_clusters(args.clusters) if args.clusters else [TRACE_CLUSTER]
+    local = args.scheduler is None and args.ray is None and args.workers in (None, 1)
+    backend = Inline() if local else choose_backend(args.workers, args.scheduler, args.ray)
+    try:
+        return run_oracle_benchmark(args.data, args.quick, args.json, clusters, backend)
+    finally:
+        backend.close()
 
 
 def run_gate_command(args: argparse.Namespace) -> int:
@@ -473,6 +489,120 @@ def run_bench(args: argparse.Namespace) -> int:
     if not 1 <= args.rounds <= MAX_ROUNDS:
         raise ValueError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {args.rounds}")
     return run_benchmark(args.data, args.rounds, args.json)
+
+
+def add_backend_options(parser: argparse.ArgumentParser, default_workers: int | None) -> None:
+    """Where jobs run: a local process pool, a Dask cluster or a Ray cluster."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="local worker processes (default "
+        + (f"{default_workers})" if default_workers else "the CPU count)"),
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="a Dask scheduler (tcp://host:8786), or local:N for a LocalCluster of N "
+        "processes (pip install 'eplb-spec[dask]')",
+    )
+    where.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="a Ray cluster (auto, ray://host:10001), or local (pip install 'eplb-spec[ray]')",
+    )
+
+
+def add_evaluate_commands(commands: argparse._SubParsersAction[OneLineParser]) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score candidate balancers for a program search (JSON: metrics, "
+        "combined_score, feedback)",
+        description="One PROGRAM.py: one JSON object. Several, a folder (its *.py) or a glob "
+        "('dir/**/*.py'): one JSON line per program, as each is done; with --out FILE, "
+        "programs already scored there (same bytes, function, evaluator and settings) are "
+        "skipped. Exit status: 0 every program scored (whatever its verdict), 1 some could "
+        "not be, 2 bad arguments, 3 an internal error.",
+    )
+    evaluate.add_argument("programs", nargs="+", metavar="PROGRAM", help="PROGRAM.py[:FUNCTION]")
+    evaluate.add_argument(
+        "--function", default="rebalance_experts", help="default: rebalance_experts"
+    )
+    evaluate.add_argument(
+        "--thorough", action="store_true", help="the gate's thorough budget (default: quick)"
+    )
+    evaluate.add_argument("--checks", metavar="SECTIONS", help="comma-separated gate sections")
+    evaluate.add_argument("--skip", metavar="SECTIONS", help="sections to leave out")
+    evaluate.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per call (default 30)"
+    )
+    evaluate.add_argument(
+        "--memory-mb", type=int, default=4096, help="address-space limit of a program (MB)"
+    )
+    evaluate.add_argument("--data", help="folder of trace *.json files")
+    evaluate.add_argument(
+        "--no-speed", action="store_true", help="do not time against the fast path"
+    )
+    evaluate.add_argument("--out", metavar="FILE", help="append JSON lines here (resumable)")
+    evaluate.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="tries per program when a worker is lost (default 3)",
+    )
+    add_backend_options(evaluate, default_workers=None)
+    evaluate.set_defaults(handler=run_evaluate)
+
+    bench = commands.add_parser(
+        "evaluate-bench",
+        help="candidates per hour of the evaluator: local pool and Dask LocalCluster",
+    )
+    bench.add_argument("--candidates", type=int, default=8, help="programs per run (default 8)")
+    bench.add_argument("--repeats", type=int, default=1, help="runs per backend (default 1)")
+    bench.add_argument(
+        "--backends",
+        default="pool:1,pool:2,dask:2",
+        help="comma-separated pool:N / dask:N (default pool:1,pool:2,dask:2)",
+    )
+    bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench.set_defaults(handler=run_evaluate_bench)
+
+
+def split_sections(text: str | None) -> list[str] | None:
+    return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from properties.evaluate import evaluate_main, make_settings
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    settings = make_settings(
+        quick=not args.thorough,
+        checks=split_sections(args.checks),
+        skip=split_sections(args.skip),
+        timeout_s=args.timeout,
+        memory_mb=args.memory_mb,
+        data=args.data,
+        measure_speed=not args.no_speed,
+    )
+    return evaluate_main(
+        args.programs,
+        function=args.function,
+        settings=settings,
+        out=args.out,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        ray=args.ray,
+        max_attempts=args.max_attempts,
+    )
+
+
+def run_evaluate_bench(args: argparse.Namespace) -> int:
+    from properties.evaluate_bench import run_evaluate_benchmark
+
+    return run_evaluate_benchmark(args.candidates, args.repeats, args.backends, args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

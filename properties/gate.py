@@ -30,6 +30,7 @@ import time
 import traceback
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
@@ -662,16 +663,34 @@ def traces_section(run: GateRun, data: str | None) -> None:
     )
 
 
+BOUNDS_KEPT = 32
+_trace_bounds: dict[tuple[str, tuple[int, ...], tuple[int, int, int, int]], list[Fraction]] = {}
+
+
+def trace_lower_bounds(problem: BalancingProblem) -> list[Fraction]:
+    """``layer_lower_bound`` of every layer, remembered by the loads' digest: they depend
+    on the trace and the cluster only, and a process that scores many targets (an
+    evaluator worker) would otherwise recompute them for each."""
+    cluster = (problem.num_replicas, problem.num_groups, problem.num_nodes, problem.num_gpus)
+    key = (hashlib.sha256(problem.loads.tobytes()).hexdigest(), problem.loads.shape, cluster)
+    if key not in _trace_bounds:
+        if len(_trace_bounds) >= BOUNDS_KEPT:
+            _trace_bounds.pop(next(iter(_trace_bounds)), None)
+        _trace_bounds[key] = [layer_lower_bound(problem, x) for x in range(problem.num_layers)]
+    return _trace_bounds[key]
+
+
 def score_trace(
     name: str, generated: bool, problem: BalancingProblem, outputs: Any, times: list[float]
 ) -> TraceResult:
     phy2log, logcnt = np.asarray(outputs.phy2log), np.asarray(outputs.logcnt)
     loads = gpu_loads(problem.loads, phy2log, logcnt, problem.num_gpus)
     peaks = peak_gpu_load(problem.loads, phy2log, logcnt, problem.num_gpus)
+    bounds = trace_lower_bounds(problem)
     ratios = [
         float(peaks[layer]) / float(bound)
         for layer in range(problem.num_layers)
-        if (bound := layer_lower_bound(problem, layer)) > 0
+        if (bound := bounds[layer]) > 0
     ]
     return TraceResult(
         trace=name,
@@ -770,6 +789,8 @@ def run_gate(
     skip: Collection[str] | None = None,
     memory_mb: int = DEFAULT_MEMORY_MB,
     import_timeout_s: float | None = None,
+    budget: Budget | None = None,
+    after_checks: Callable[[IsolatedTarget, GateReport], None] | None = None,
 ) -> GateReport:
     """Check ``target`` and return the report.
 
@@ -779,7 +800,9 @@ def run_gate(
     their contracts: ``refine(loads, counts) -> counts`` and
     ``refine(weights, gpu, rank, num_gpus) -> (gpu, rank)``. ``checks`` / ``skip``
     choose sections by name (``SECTIONS``). ``import_timeout_s`` bounds importing the
-    target (default: the per-call timeout, at least 60 s).
+    target (default: the per-call timeout, at least 60 s). ``budget`` replaces the one
+    ``quick`` chooses. ``after_checks(caller, report)`` runs once the checks are done,
+    while the target's worker is still up (the evaluator times the target there).
     """
     if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
         raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout_s!r}")
@@ -789,7 +812,7 @@ def run_gate(
         raise ValueError(f"max-gap must be a finite percentage >= 0, got {max_gap_percent!r}")
     chosen = choose_sections(checks, skip)
     start = time.perf_counter()
-    budget = QUICK if quick else THOROUGH
+    budget = budget or (QUICK if quick else THOROUGH)
     report = GateReport(target)
     engine = find_engine(target)
     failures = FailureCount()
@@ -813,6 +836,8 @@ def run_gate(
         )
         try:
             gate_body(run, chosen, data, refine_a, refine_b)
+            if after_checks is not None:
+                after_checks(caller, report)
         except (InternalError, TargetError, ValueError):
             raise
         except Exception as error:
@@ -1125,4 +1150,13 @@ def gate_main(
     return EXIT_PASS if report.verdict == "pass" else EXIT_FAIL
 
 
-__all__ = ["DEFAULT_TARGET", "SECTIONS", "GateReport", "InternalError", "run_gate"]
+__all__ = [
+    "DEFAULT_TARGET",
+    "QUICK",
+    "SECTIONS",
+    "THOROUGH",
+    "Budget",
+    "GateReport",
+    "InternalError",
+    "run_gate",
+]

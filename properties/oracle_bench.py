@@ -26,6 +26,7 @@ from oracle.joint import solve_joint
 from oracle.packing import solve_packing
 from oracle.pipeline import certify_layer, certify_row, layer_lower_bound
 from oracle.result import SolveResult, Status
+from properties.distribute import Backend, Inline, run_jobs
 from properties.quality import stage_quality
 from properties.workloads import TRACE_CLUSTER, default_workloads
 from spec.objectives import peak_gpu_load
@@ -123,6 +124,7 @@ def node_blocks(problem: BalancingProblem, phy2log_row: np.ndarray) -> list[tupl
 @dataclass(frozen=True)
 class TraceScore:
     trace: str
+    cluster: str  # "replicas,groups,nodes,gpus"
     rows: int
     rows_within_target: int
     max_row_width: float
@@ -134,8 +136,13 @@ class TraceScore:
     seconds: float
 
 
-def score_trace(name: str, loads: np.ndarray, layers: int | None) -> TraceScore:
-    problem = BalancingProblem(loads if layers is None else loads[:layers], *TRACE_CLUSTER)
+def score_trace(
+    name: str,
+    loads: np.ndarray,
+    layers: int | None,
+    cluster: tuple[int, int, int, int] = TRACE_CLUSTER,
+) -> TraceScore:
+    problem = BalancingProblem(loads if layers is None else loads[:layers], *cluster)
     start = time.perf_counter()
     seed = balance(problem, fast=True)
     base = balance(problem, variant="baseline", fast=True)
@@ -172,6 +179,7 @@ def score_trace(name: str, loads: np.ndarray, layers: int | None) -> TraceScore:
             seed_best_gaps.append(float(seed_peak[layer]) / float(upper) - 1)
     return TraceScore(
         trace=name,
+        cluster=",".join(map(str, cluster)),
         rows=len(widths),
         rows_within_target=sum(w <= 1e-3 for w in widths),
         max_row_width=max(widths),
@@ -184,7 +192,65 @@ def score_trace(name: str, loads: np.ndarray, layers: int | None) -> TraceScore:
     )
 
 
-def run_oracle_benchmark(data: str | None, quick: bool, json_path: str | None) -> int:
+@dataclass(frozen=True)
+class SweepJob:
+    """One (trace, cluster) cell of a certification sweep; the loads travel with it."""
+
+    trace: str
+    loads: np.ndarray
+    cluster: tuple[int, int, int, int]
+    layers: int | None
+
+
+def certify_job(job: SweepJob) -> TraceScore:
+    return score_trace(job.trace, job.loads, job.layers, job.cluster)
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    job: SweepJob
+    score: TraceScore | None
+    error: str  # why the cell could not be certified (a worker lost too often)
+
+
+def certification_sweep(
+    workloads: Sequence[tuple[str, np.ndarray]],
+    clusters: Sequence[tuple[int, int, int, int]],
+    layers: int | None,
+    backend: Backend,
+) -> list[SweepCell]:
+    """Certify every trace at every cluster shape, the cells spread over ``backend``
+    (``properties.distribute``); the cells come back in trace-major order."""
+    jobs = [
+        SweepJob(name, loads, cluster, layers) for name, loads in workloads for cluster in clusters
+    ]
+    found = {
+        id(outcome.job): SweepCell(outcome.job, outcome.value, outcome.error)
+        for outcome in run_jobs(certify_job, jobs, backend)
+    }
+    return [found[id(job)] for job in jobs]
+
+
+def parse_clusters(texts: Sequence[str]) -> list[tuple[int, int, int, int]]:
+    """``R,G,N,P`` strings as cluster shapes, each a valid one for the traces."""
+    clusters = []
+    for text in texts:
+        parts = text.split(",")
+        if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"--clusters: {text!r} is not replicas,groups,nodes,gpus")
+        replicas, groups, nodes, gpus = (int(p) for p in parts)
+        BalancingProblem(np.ones((1, 256)), replicas, groups, nodes, gpus)  # checks the shape
+        clusters.append((replicas, groups, nodes, gpus))
+    return clusters
+
+
+def run_oracle_benchmark(
+    data: str | None,
+    quick: bool,
+    json_path: str | None,
+    clusters: Sequence[tuple[int, int, int, int]] = (TRACE_CLUSTER,),
+    backend: Backend | None = None,
+) -> int:
     workloads, note = default_workloads(data)
     print(f"eplb-spec oracle benchmark ({note}); one CP-SAT worker, seed 0")
     families = solver_families(quick)
@@ -215,21 +281,30 @@ def run_oracle_benchmark(data: str | None, quick: bool, json_path: str | None) -
     chosen = workloads[:2] if quick else workloads
     layers = 8 if quick else None
     scope = "first 8 layers of 2 traces" if quick else "all layers"
+    where = backend.description if backend is not None else "in this process"
+    shapes = " ".join(",".join(map(str, c)) for c in clusters)
     print(
-        f"\ncertified intervals at {TRACE_CLUSTER} ({scope}):"
+        f"\ncertified intervals at (replicas,groups,nodes,gpus) {shapes} ({scope}; {where}):"
         "\n  row: one node's experts (the reference's split), interval width / lower bound"
-        "\n  layer: [min over all 105 group splits of the node bounds, best placement known]"
+        "\n  layer: [min over all group splits of the node bounds, best placement known]"
     )
     print(
-        f"{'trace':<24}{'rows':>6}{'<=0.1%':>8}{'max row':>9}{'max row s':>10}"
+        f"{'trace':<24}{'cluster':<14}{'rows':>6}{'<=0.1%':>8}{'max row':>9}{'max row s':>10}"
         f"{'layer w':>9}{'seed gap':>10}{'base gap':>10}{'s':>7}"
     )
+    cells = certification_sweep(
+        [(w.name, w.loads) for w in chosen], clusters, layers, backend or Inline()
+    )
     scores = []
-    for workload in chosen:
-        score = score_trace(workload.name, workload.loads, layers)
+    for cell in cells:
+        score = cell.score
+        if score is None:
+            shape = ",".join(map(str, cell.job.cluster))
+            print(f"{cell.job.trace:<24}{shape:<14}not certified: {cell.error}")
+            continue
         scores.append(score)
         print(
-            f"{score.trace:<24}{score.rows:>6}{score.rows_within_target:>8}"
+            f"{score.trace:<24}{score.cluster:<14}{score.rows:>6}{score.rows_within_target:>8}"
             f"{score.max_row_width:>9.3%}{score.max_row_seconds:>10.3f}{score.mean_layer_width:>9.2%}"
             f"{score.seed_gap_to_bound:>10.2%}{score.baseline_gap_to_bound:>10.2%}{score.seconds:>7.1f}"
         )
@@ -244,6 +319,11 @@ def run_oracle_benchmark(data: str | None, quick: bool, json_path: str | None) -
             "largest_proven": largest,
             "stage_quality": asdict(quality),
             "traces": [asdict(s) for s in scores],
+            "not_certified": [
+                {"trace": c.job.trace, "cluster": list(c.job.cluster), "error": c.error}
+                for c in cells
+                if c.score is None
+            ],
         }
         Path(json_path).write_text(json.dumps(document, indent=2) + "\n")
     return 0
