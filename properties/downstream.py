@@ -162,7 +162,7 @@ def run_reproduction(script: Path, target: str) -> tuple[int, str]:
 
 
 def gate(target: str, report: Path, thorough: bool, extra: Sequence[str]) -> int:
-    command = [sys.executable, "-m", "properties.cli", "gate", "--impl", target]
+    command = [sys.executable, "-m", "eplb_spec", "gate", "--impl", target]
     command += [] if thorough else ["--quick"]
     command += ["--json", str(report), *extra]
     print(f"$ {' '.join(command[1:])}", flush=True)

@@ -924,7 +924,7 @@ def gate_body(
         report.notes.append(f"the worker process was restarted {caller.restarts} time(s)")
 
 
-def print_report(report: GateReport) -> None:
+def print_gate_report(report: GateReport) -> None:
     print(report.summary())
     if report.bad_inputs:
         print("  bad input handling:")
@@ -1144,7 +1144,7 @@ def gate_main(
     except KeyboardInterrupt as interrupt:
         print(f"eplb-spec gate: interrupted ({interrupt}); no verdict", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print_report(report)
+    print_gate_report(report)
     if json_path:
         write_json(json_path, report.to_json())
     return EXIT_PASS if report.verdict == "pass" else EXIT_FAIL

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eplb_spec.cli import main
 from properties import workloads
-from properties.cli import main
 
 
 def write_trace(folder: Path, name: str, layers: int = 3, seed: int = 1) -> np.ndarray:
@@ -33,7 +33,7 @@ def test_report_on_a_given_folder(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert [t["trace"] for t in document["traces"]] == ["tiny_a", "tiny_b"]
     for row in document["traces"]:
         assert row["layers"] == 3
-        assert 0 < row["balancedness_seed"] <= 1
+        assert 0 < row["balancedness_refined"] <= 1
         assert 0 < row["balancedness_baseline"] <= 1
         assert 0 <= row["layers_changed_by_b"] <= 3
 

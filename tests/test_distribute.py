@@ -9,8 +9,8 @@ import dataclasses
 import pytest
 
 from properties.distribute import Inline, LocalPool, choose_backend, run_jobs
-from properties.oracle_bench import SweepCell, certification_sweep, parse_clusters
 from properties.workloads import generated_loads
+from studies.oracle_bench import SweepCell, certification_sweep, parse_clusters
 
 
 def test_errors_are_retried_then_reported_and_each_job_ends_once() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from properties.cli import main
+from eplb_spec.cli import main
 from properties.distribute import DaskCluster, LocalPool, RayCluster
 from properties.evaluate import (
     METRIC_KEYS,
@@ -434,7 +434,7 @@ def children_of(pid: int) -> set[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_batch_killed_outright_leaves_no_worker_behind(programs: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
-    command = [sys.executable, "-m", "properties.cli", "evaluate", str(programs)]
+    command = [sys.executable, "-m", "eplb_spec.cli", "evaluate", str(programs)]
     command += ["--checks", "contract", "--no-speed", "--workers", "2", "--out", str(out)]
     batch = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

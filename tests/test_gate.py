@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from eplb_spec.cli import main
 from properties import gate
-from properties.cli import main
 from properties.gate import SECTIONS, GateReport, run_gate
 
 BROKEN = str(Path(__file__).parent / "targets" / "broken.py")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from properties.cli import main
+from eplb_spec.cli import main
 from properties.gate import GateReport, run_gate
 from properties.isolation import TargetError
 
@@ -131,7 +131,7 @@ def test_a_failure_that_does_not_repeat_is_reported_as_first_seen() -> None:
 def test_a_gate_killed_by_its_target_leaves_no_passing_verdict(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     out.write_text(json.dumps({"verdict": "pass"}))  # a stale report from an earlier run
-    command = [sys.executable, "-m", "properties.cli", "gate", "--quick", "--checks", "contract"]
+    command = [sys.executable, "-m", "eplb_spec", "gate", "--quick", "--checks", "contract"]
     command += ["--impl", f"{HOSTILE}:kills_the_gate", "--json", str(out)]
     finished = subprocess.run(command, capture_output=True, timeout=300, env=os.environ.copy())
     assert finished.returncode != 0

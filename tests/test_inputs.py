@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
+from eplb_spec.cli import main
 from impl import rebalance_experts
 from oracle.cpsat import SolverSettings
-from properties.cli import main
 from spec.objectives import balancedness
 
 SPECIFICATION = Path(__file__).parents[1] / "docs" / "specification.md"

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from eplb_spec.cli import main
 from impl import balance
 from oracle.bruteforce import best_joint, best_packing, best_replication, compositions
 from oracle.cpsat import SolverSettings
@@ -34,7 +35,6 @@ from oracle.pipeline import (
 )
 from oracle.replication import solve_replication
 from oracle.result import SolveResult, Status
-from properties.cli import main
 from properties.strategies import load_values
 from spec import BalancingProblem, peak_gpu_load
 

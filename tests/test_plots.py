@@ -18,11 +18,11 @@ from matplotlib.collections import LineCollection
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from eplb_spec.cli import main
 from impl.balancer import BalanceResult, balance
 from oracle import pipeline
 from oracle.pipeline import layer_lower_bound
 from properties import workloads
-from properties.cli import main
 from properties.workloads import TRACE_CLUSTER, generated_loads
 from spec.objectives import balancedness, gpu_loads, gpus_with_duplicate_replicas, peak_gpu_load
 from spec.problem import BalancingProblem

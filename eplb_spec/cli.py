@@ -1,7 +1,8 @@
-"""The ``eplb-spec`` command line.
+"""The ``eplb-spec`` command line: every subcommand's arguments, checked before any work,
+then one call into the kit (``properties``), the oracle or the studies (``studies``).
 
-``eplb-spec`` with no arguments runs ``report``: the reference balancer and its baseline
-on the real traces (or a generated stand-in, said so), per trace.
+``eplb-spec`` with no arguments runs ``report`` (``studies.report``): the refined
+reference and its baseline on the real traces (or a generated stand-in, said so).
 """
 
 from __future__ import annotations
@@ -9,18 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from impl.balancer import BalanceResult, Variant, balance
 from properties.workloads import TRACE_CLUSTER, Workload, default_workloads, find_trace_dir
-from spec.objectives import balancedness, gpu_loads, gpus_with_duplicate_replicas
-from spec.problem import BalancingProblem, check_cluster, check_output_size
+from spec.problem import check_cluster, check_output_size
 
 # Upper limits of numeric options: far above any sensible run, low enough that nothing
 # downstream overflows (a per-call timeout goes to a pipe's poll, in nanoseconds).
@@ -106,105 +102,9 @@ def check_cluster_options(
             raise ValueError(f"{options} on {workload.name} ({experts} experts): {error}") from None
 
 
-@dataclass(frozen=True)
-class TraceReport:
-    trace: str
-    generated: bool
-    layers: int
-    balancedness_seed: float
-    balancedness_baseline: float
-    layers_changed_by_a: int
-    layers_changed_by_b: int
-    balancedness_without_b: float
-    duplicate_gpus_seed: int
-    duplicate_gpus_without_b: int
-    seconds_seed: float
-    seconds_baseline: float
-
-
-def timed_balance(problem: BalancingProblem, variant: Variant) -> tuple[BalanceResult, float]:
-    start = time.perf_counter()
-    result = balance(problem, variant=variant)
-    return result, time.perf_counter() - start
-
-
-def report_trace(workload: Workload, cluster: tuple[int, int, int, int]) -> TraceReport:
-    """Balancedness of both variants and where the refinements acted, for one workload."""
-    problem = BalancingProblem(workload.loads, *cluster, loads_name=workload.name)
-    seed, seed_seconds = timed_balance(problem, "refined")
-    base, base_seconds = timed_balance(problem, "baseline")
-    without_b = balance(problem, refine_b=False, fast=True)
-    num_gpus = cluster[3]
-    return TraceReport(
-        trace=workload.name,
-        generated=workload.generated,
-        layers=problem.num_layers,
-        balancedness_seed=balancedness(
-            gpu_loads(problem.loads, seed.phy2log, seed.logcnt, num_gpus)
-        ),
-        balancedness_baseline=balancedness(
-            gpu_loads(problem.loads, base.phy2log, base.logcnt, num_gpus)
-        ),
-        layers_changed_by_a=int(seed.counts_refined.any(-1).sum()),
-        layers_changed_by_b=int(seed.replicas_swapped.any(-1).sum()),
-        balancedness_without_b=balancedness(
-            gpu_loads(problem.loads, without_b.phy2log, without_b.logcnt, num_gpus)
-        ),
-        duplicate_gpus_seed=int(gpus_with_duplicate_replicas(seed.phy2log, num_gpus).sum()),
-        duplicate_gpus_without_b=int(
-            gpus_with_duplicate_replicas(without_b.phy2log, num_gpus).sum()
-        ),
-        seconds_seed=seed_seconds,
-        seconds_baseline=base_seconds,
-    )
-
-
-def print_report(
-    rows: Sequence[TraceReport], cluster: tuple[int, int, int, int], note: str
-) -> None:
-    replicas, groups, nodes, gpus = cluster
-    print(
-        f"EPLB reference (seed) vs DeepSeek-style baseline, "
-        f"replicas={replicas} groups={groups} nodes={nodes} gpus={gpus}"
-    )
-    print(note)
-    header = (
-        f"{'trace':<24}{'layers':>7}{'bal seed':>10}{'bal base':>10}{'A chg':>7}{'B chg':>7}"
-        f"{'B gain':>9}{'dup':>5}{'dup-B':>6}{'ms seed':>9}{'ms base':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        print(
-            f"{row.trace:<24}{row.layers:>7}{row.balancedness_seed:>10.4f}"
-            f"{row.balancedness_baseline:>10.4f}{row.layers_changed_by_a:>7}"
-            f"{row.layers_changed_by_b:>7}"
-            f"{row.balancedness_seed - row.balancedness_without_b:>9.1e}"
-            f"{row.duplicate_gpus_seed:>5}{row.duplicate_gpus_without_b:>6}"
-            f"{row.seconds_seed * 1e3:>9.1f}{row.seconds_baseline * 1e3:>9.1f}"
-        )
-    print("-" * len(header))
-    print(
-        f"{'mean / total / median':<24}{'':>7}"
-        f"{statistics.fmean(r.balancedness_seed for r in rows):>10.4f}"
-        f"{statistics.fmean(r.balancedness_baseline for r in rows):>10.4f}"
-        f"{sum(r.layers_changed_by_a for r in rows):>7}"
-        f"{sum(r.layers_changed_by_b for r in rows):>7}"
-        f"{statistics.fmean(r.balancedness_seed - r.balancedness_without_b for r in rows):>9.1e}"
-        f"{sum(r.duplicate_gpus_seed for r in rows):>5}"
-        f"{sum(r.duplicate_gpus_without_b for r in rows):>6}"
-        f"{statistics.median(r.seconds_seed for r in rows) * 1e3:>9.1f}"
-        f"{statistics.median(r.seconds_baseline for r in rows) * 1e3:>9.1f}"
-    )
-    print(
-        "bal = balancedness, sum over layers of mean GPU load / sum of peak GPU load (1 is "
-        "perfect); A/B chg = layers where refinement A/B acted on at least one node; B gain "
-        "= balancedness with B minus without; dup / dup-B = GPUs holding two replicas of one "
-        "expert, with and without B; ms = one call of the reference (not fast) each."
-    )
-
-
 def run_report(args: argparse.Namespace) -> int:
+    from studies.report import print_trace_report, report_document, report_trace
+
     cluster = (args.replicas, args.groups, args.nodes, args.gpus)
     if args.plot is not None:
         from studies.plots import prepare_folder
@@ -213,18 +113,14 @@ def run_report(args: argparse.Namespace) -> int:
     workloads, note = default_workloads(args.data)
     check_cluster_options(cluster, workloads)
     rows = [report_trace(w, cluster) for w in workloads]
-    print_report(rows, cluster, note)
+    print_trace_report(rows, cluster, note)
     if args.plot is not None:
         from studies.plots import report_figures
 
         for path in report_figures(Path(args.plot), workloads[0], cluster):
             print(f"wrote {path}")
     if args.json:
-        document = {
-            "cluster": dict(zip(("replicas", "groups", "nodes", "gpus"), cluster, strict=True)),
-            "source": note,
-            "traces": [asdict(r) for r in rows],
-        }
+        document = report_document(rows, cluster, note)
         Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
     return 0
 
@@ -384,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("file", help="instance JSON file")
     solve.set_defaults(handler=run_solve)
 
-    from studies.plots import add_plot_commands
+    from eplb_spec.plots import add_plot_commands
 
     add_plot_commands(commands)
     add_evaluate_commands(commands)
@@ -393,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_oracle_bench(args: argparse.Namespace) -> int:
     from properties.distribute import Inline, choose_backend
-    from properties.oracle_bench import parse_clusters, run_oracle_benchmark
+    from studies.oracle_bench import parse_clusters, run_oracle_benchmark
 
     clusters = parse_clusters(args.clusters) if args.clusters else [TRACE_CLUSTER]
     local = args.scheduler is None and args.ray is None and args.workers in (None, 1)
@@ -416,7 +312,7 @@ def run_gate_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-gap must be a finite percentage >= 0, got {args.max_gap}")
     default_workloads(args.data)  # a bad trace is an error now, not after the checks
     if args.plot is not None:
-        from studies.plots import gate_with_figure
+        from eplb_spec.plots import gate_with_figure
 
         return gate_with_figure(args, run_gate_command)
 
@@ -484,7 +380,7 @@ def run_solve(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from properties.bench import run_benchmark
+    from studies.bench import run_benchmark
 
     if not 1 <= args.rounds <= MAX_ROUNDS:
         raise ValueError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {args.rounds}")
@@ -600,7 +496,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_evaluate_bench(args: argparse.Namespace) -> int:
-    from properties.evaluate_bench import run_evaluate_benchmark
+    from studies.evaluate_bench import run_evaluate_benchmark
 
     return run_evaluate_benchmark(args.candidates, args.repeats, args.backends, args.json)
 

@@ -27,10 +27,10 @@ from oracle.packing import solve_packing
 from oracle.pipeline import certify_layer, certify_row, layer_lower_bound
 from oracle.result import SolveResult, Status
 from properties.distribute import Backend, Inline, run_jobs
-from properties.quality import stage_quality
 from properties.workloads import TRACE_CLUSTER, default_workloads
 from spec.objectives import peak_gpu_load
 from spec.problem import BalancingProblem
+from studies.stage_quality import stage_quality
 
 
 @dataclass(frozen=True)
