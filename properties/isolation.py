@@ -255,7 +255,10 @@ class IsolatedTarget:
         self.failures = 0  # timeouts and crashes of this target
         self.resolved_file = ""
         self.output = Output()
-        self.scratch = Path(tempfile.mkdtemp(prefix="eplb-gate-", dir=shared_memory_dir()))
+        remove_stale_scratch()
+        self.scratch = Path(
+            tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=shared_memory_dir())
+        )
         try:
             self.start()
         except BaseException:
@@ -274,6 +277,7 @@ class IsolatedTarget:
             str(request_read),
             str(reply_write),
             str(self.memory_mb),
+            str(os.getpid()),
         ]
         try:
             self.process = subprocess.Popen(
@@ -428,6 +432,23 @@ class IsolatedTarget:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+SCRATCH_PREFIX = "eplb-gate-"
+
+
+def remove_stale_scratch() -> None:
+    """Remove the argument folders of gate processes that died without cleaning up
+    (killed, say): each folder names its gate's process id."""
+    base = Path(shared_memory_dir() or tempfile.gettempdir())
+    for folder in base.glob(f"{SCRATCH_PREFIX}*-*"):
+        owner = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+            continue
+        with contextlib.suppress(OSError):
+            for leftover in folder.iterdir():
+                leftover.unlink()
+            folder.rmdir()
 
 
 def shared_memory_dir() -> str | None:

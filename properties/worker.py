@@ -1,4 +1,5 @@
-"""The process a gate target runs in: ``python -m properties.worker REQUEST_FD REPLY_FD MB``.
+"""The process a gate target runs in:
+``python -m properties.worker REQUEST_FD REPLY_FD MEMORY_MB GATE_PID``.
 
 It is the only place where a target's code runs. It imports the target, then answers
 calls until its request pipe closes. What it sends back is plain data
@@ -6,7 +7,8 @@ calls until its request pipe closes. What it sends back is plain data
 gate mapped, so the gate reads any change the target makes to them itself. Before the
 target is imported, the worker limits its own address space, disables core dumps and,
 on Linux, becomes a child subreaper, so that every process the target starts stays in
-its subtree where the gate can find and end it.
+its subtree where the gate can find and end it, and asks to be killed when the gate
+dies, so that a target cannot outlive a gate it took down.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import importlib
 import importlib.util
 import mmap
 import os
+import signal
 import sys
 import time
 import traceback
@@ -27,6 +30,7 @@ import numpy as np
 
 from properties.wire import read_frame, type_name, write_frame
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -81,8 +85,8 @@ def kinds_of(value: Any) -> str:
     return type_name(value)
 
 
-def confine(memory_mb: int) -> None:
-    """Limits set before any target code runs."""
+def confine(memory_mb: int, parent: int) -> None:
+    """Limits set before any target code runs (``parent``: the gate's process id)."""
     import resource
 
     limit = memory_mb << 20
@@ -91,6 +95,9 @@ def confine(memory_mb: int) -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the gate
+        if os.getppid() != parent:  # the gate was gone before the line above
+            os._exit(1)
 
 
 class ArgumentBuilder:
@@ -173,8 +180,8 @@ def serve(request_fd: int, reply_fd: int) -> None:
 
 
 def main() -> None:
-    request_fd, reply_fd, memory_mb = (int(a) for a in sys.argv[1:4])
-    confine(memory_mb)
+    request_fd, reply_fd, memory_mb, parent = (int(a) for a in sys.argv[1:5])
+    confine(memory_mb, parent)
     os.set_blocking(request_fd, True)
     serve(request_fd, reply_fd)
 

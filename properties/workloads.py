@@ -58,14 +58,32 @@ def find_trace_dir(explicit: str | os.PathLike[str] | None = None) -> Path | Non
     return None
 
 
+TraceKey = tuple[str, int, int]  # resolved path, size, modification time (ns)
+loaded_traces: dict[TraceKey, FloatArray] = {}
+
+
 def load_trace(path: Path) -> FloatArray:
     """A trace's ``[layers, experts]`` loads, without the leading all-zero (dense) layers.
 
     The file is JSON (at most ``MAX_TRACE_BYTES``) with a ``"logical_count"`` key holding
     one list of per-expert token counts for each layer. Every count must be a finite,
     non-negative number (no strings, booleans, NaN or values beyond float64), the rows
-    equally long, and each layer's sum within the float64 range.
+    equally long, and each layer's sum within the float64 range. A file is read once per
+    process while it is unchanged (a read-only array is kept and returned).
     """
+    try:
+        status = path.stat()
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None
+    key = (str(path.resolve()), status.st_size, status.st_mtime_ns)
+    if key not in loaded_traces:
+        loads = read_trace(path)
+        loads.setflags(write=False)
+        loaded_traces[key] = loads
+    return loaded_traces[key]
+
+
+def read_trace(path: Path) -> FloatArray:
     document = read_json(path, MAX_TRACE_BYTES)
     rows = document.get("logical_count") if isinstance(document, dict) else None
     if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):

@@ -73,3 +73,13 @@ def test_generated_workload_has_the_trace_shape_and_repeats() -> None:
     assert a.shape == workloads.TRACE_SHAPE
     assert np.array_equal(a, b)
     assert (a >= 0).all()
+
+
+def test_a_trace_is_read_once_until_its_file_changes(tmp_path: Path) -> None:
+    write_trace(tmp_path, "t", layers=2)
+    first = workloads.load_trace(tmp_path / "t.json")
+    assert workloads.load_trace(tmp_path / "t.json") is first
+    assert not first.flags.writeable
+    changed = write_trace(tmp_path, "t", layers=3, seed=7)
+    reread = workloads.load_trace(tmp_path / "t.json")
+    assert np.array_equal(reread, changed)

@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from eplb_spec.cli import main
+from properties import isolation
 from properties.gate import GateReport, run_gate
 from properties.isolation import TargetError
 
@@ -145,3 +147,55 @@ def test_int32_outputs_are_one_finding_and_every_check_goes_on() -> None:
     assert all(f.count > 1 for f in report.findings)
     assert report.optimality["layers_compared"] > 0
     assert report.traces
+
+
+def test_argument_folders_of_dead_gates_are_removed(tmp_path: Path) -> None:
+    base = Path(isolation.shared_memory_dir() or tempfile.gettempdir())
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = base / f"{isolation.SCRATCH_PREFIX}{finished.stdout.strip()}-left"
+    alive = base / f"{isolation.SCRATCH_PREFIX}{os.getpid()}-mine"
+    for folder in (dead, alive):
+        folder.mkdir()
+        (folder / "arg0.bin").write_bytes(b"\0" * 8)
+    try:
+        isolation.remove_stale_scratch()
+        assert not dead.exists()
+        assert alive.exists()
+    finally:
+        for folder in (dead, alive):
+            if folder.exists():
+                (folder / "arg0.bin").unlink()
+                folder.rmdir()
+
+
+def test_a_worker_dies_with_its_gate() -> None:
+    """A gate process that dies while its target hangs takes the worker with it (the
+    worker asks the kernel for that): no hanging target outlives a killed gate."""
+    hangs = str(Path(__file__).parent / "targets" / "broken.py") + ":hangs"
+    script = (
+        "import os, threading, time\n"
+        "import numpy as np\n"
+        "from properties.isolation import IsolatedTarget, TensorArg\n"
+        f"target = IsolatedTarget({hangs!r}, 600)\n"
+        "print(target.process.pid, flush=True)\n"
+        "weight = TensorArg(np.ones((1, 2)))\n"
+        "threading.Thread(target=target.call, args=(weight, 2, 1, 1, 1), daemon=True).start()\n"
+        "time.sleep(1)\n"
+        "os._exit(0)\n"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    worker = int(finished.stdout.split()[-1])
+    deadline = time.monotonic() + 10
+    while (
+        Path(f"/proc/{worker}").exists()
+        and "Z" not in Path(f"/proc/{worker}/stat").read_text().split(")")[-1][:3]
+    ):
+        assert time.monotonic() < deadline, "the worker outlived its gate"
+        time.sleep(0.05)
