@@ -924,36 +924,40 @@ def gate_body(
         report.notes.append(f"the worker process was restarted {caller.restarts} time(s)")
 
 
-def print_gate_report(report: GateReport) -> None:
-    print(report.summary())
+def gate_report_text(report: GateReport) -> str:
+    """The report as printed by ``eplb-spec gate``."""
+    lines = [report.summary()]
     if report.bad_inputs:
-        print("  bad input handling:")
+        lines.append("  bad input handling:")
         for name, outcome in report.bad_inputs.items():
-            print(f"    {name:<40} {printable(outcome)}")
+            lines.append(f"    {name:<40} {printable(outcome)}")
     if report.optimality:
         o = report.optimality
-        print(
+        lines.append(
             f"  tiny problems vs the proven optimum: {o['layers_compared']} layers, "
             f"{o['at_optimum']} at the optimum, mean gap {o['mean_gap']:.2%}, "
             f"max gap {o['max_gap']:.2%} (peak {o['max_gap_peak']:g} vs {o['max_gap_optimum']})"
         )
     if report.traces:
-        print(f"  real traces at {tuple(report.header.get('trace_cluster', TRACE_CLUSTER))}:")
-        print(
+        lines.append(
+            f"  real traces at {tuple(report.header.get('trace_cluster', TRACE_CLUSTER))}:"
+        )
+        lines.append(
             f"    {'trace':<26}{'balancedness':>13}{'peak/LB mean':>14}{'max':>8}"
             f"{'dup GPUs':>10}{'s/call':>9}"
         )
         for t in report.traces:
-            print(
+            lines.append(
                 f"    {t.trace:<26}{t.balancedness:>13.4f}{t.mean_peak_over_lower_bound:>14.4f}"
                 f"{t.max_peak_over_lower_bound:>8.4f}{t.gpus_with_duplicate_replicas:>10}"
                 f"{t.seconds_per_call:>9.3f}"
             )
-        print(
+        lines.append(
             "    peak/LB: peak GPU load over a certified lower bound on the optimum (1 is optimal);"
             " s/call: wall time of one isolated call, seen from the gate."
         )
-    print(f"  {report.seconds:.1f} s")
+    lines.append(f"  {report.seconds:.1f} s")
+    return "\n".join(lines)
 
 
 def write_json(path: str, document: dict[str, Any]) -> None:
@@ -1041,6 +1045,49 @@ def run_same_as(
             ) from error
 
 
+def command(
+    target: str,
+    json_path: str | None,
+    report_format: int,
+    run: Callable[[], tuple[str, str, dict[str, Any]]],
+) -> int:
+    """What ``eplb-spec gate`` does around a run: the JSON report says ``incomplete`` from
+    the start (so a run that is killed, by the target say, never leaves a passing verdict
+    behind), a usage fault is one line and exit 2, a fault of the gate exit 3 asking for
+    a bug report, an interruption exit 130. ``run`` returns the verdict, the text to print
+    and the JSON report."""
+    if json_path:
+        try:
+            write_json(
+                json_path, {"format": report_format, "target": target, "verdict": "incomplete"}
+            )
+        except OSError as error:
+            print(f"eplb-spec gate: cannot write --json {json_path}: {error}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        with signals_end_the_run():
+            verdict, text, document = run()
+    except TargetError as error:
+        print(f"eplb-spec gate: cannot use target: {printable(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as error:
+        print(f"eplb-spec gate: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except InternalError as error:
+        print(f"eplb-spec gate: INTERNAL ERROR ({BUG_REPORT}):\n{error}", file=sys.stderr)
+        if json_path:
+            document = {"format": report_format, "target": target, "verdict": "error"}
+            write_json(json_path, {**document, "error": str(error)})
+        return EXIT_INTERNAL
+    except KeyboardInterrupt as interrupt:
+        print(f"eplb-spec gate: interrupted ({interrupt}); no verdict", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(text)
+    if json_path:
+        write_json(json_path, document)
+    return EXIT_PASS if verdict == "pass" else EXIT_FAIL
+
+
 def same_as_main(
     target: str,
     same_as: str,
@@ -1052,41 +1099,22 @@ def same_as_main(
     memory_mb: int = DEFAULT_MEMORY_MB,
 ) -> int:
     """``eplb-spec gate --same-as NAME``: exit status as for the gate."""
-    if json_path:
-        try:
-            write_json(json_path, {"format": 1, "target": target, "verdict": "incomplete"})
-        except OSError as error:
-            print(f"eplb-spec gate: cannot write --json {json_path}: {error}", file=sys.stderr)
-            return EXIT_USAGE
-    try:
-        with signals_end_the_run():
-            run = run_same_as(
-                target,
-                same_as,
-                quick=quick,
-                timeout_s=timeout_s,
-                data=data,
-                tolerate_ties=tolerate_ties,
-                memory_mb=memory_mb,
-            )
-    except TargetError as error:
-        print(f"eplb-spec gate: cannot use target: {printable(str(error))}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as error:
-        print(f"eplb-spec gate: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except InternalError as error:
-        print(f"eplb-spec gate: INTERNAL ERROR ({BUG_REPORT}):\n{error}", file=sys.stderr)
-        return EXIT_INTERNAL
-    except KeyboardInterrupt as interrupt:
-        print(f"eplb-spec gate: interrupted ({interrupt}); no verdict", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(f"eplb-spec gate: {printable(target)}: same as {same_as}?")
-    for line in run.summary().splitlines():
-        print(printable(line, 2000))
-    if json_path:
-        write_json(json_path, {"target": target, **run.to_json()})
-    return EXIT_PASS if run.verdict == "pass" else EXIT_FAIL
+
+    def run() -> tuple[str, str, dict[str, Any]]:
+        fidelity = run_same_as(
+            target,
+            same_as,
+            quick=quick,
+            timeout_s=timeout_s,
+            data=data,
+            tolerate_ties=tolerate_ties,
+            memory_mb=memory_mb,
+        )
+        lines = [f"eplb-spec gate: {printable(target)}: same as {same_as}?"]
+        lines += [printable(line, 2000) for line in fidelity.summary().splitlines()]
+        return fidelity.verdict, "\n".join(lines), {"target": target, **fidelity.to_json()}
+
+    return command(target, json_path, 1, run)
 
 
 def gate_main(
@@ -1104,50 +1132,25 @@ def gate_main(
 ) -> int:
     """The ``eplb-spec gate`` command. Exit status: 0 pass, 1 findings, 2 the target
     cannot be imported or an argument is wrong, 3 an internal error of the gate,
-    130 interrupted. The JSON report says ``incomplete`` until the run ends, so a run
-    that is killed (by the target, say) never leaves a passing verdict behind."""
-    if json_path:
-        try:
-            write_json(json_path, {"format": 2, "target": target, "verdict": "incomplete"})
-        except OSError as error:
-            print(f"eplb-spec gate: cannot write --json {json_path}: {error}", file=sys.stderr)
-            return EXIT_USAGE
-    try:
-        with signals_end_the_run():
-            report = run_gate(
-                target,
-                quick=quick,
-                timeout_s=timeout_s,
-                max_gap_percent=max_gap,
-                data=data,
-                progress=True,
-                refine_a=refine_a,
-                refine_b=refine_b,
-                checks=checks,
-                skip=skip,
-                memory_mb=memory_mb,
-            )
-    except TargetError as error:
-        print(f"eplb-spec gate: cannot use target: {printable(str(error))}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as error:
-        print(f"eplb-spec gate: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except InternalError as error:
-        print(f"eplb-spec gate: INTERNAL ERROR ({BUG_REPORT}):\n{error}", file=sys.stderr)
-        if json_path:
-            write_json(
-                json_path,
-                {"format": 2, "target": target, "verdict": "error", "error": str(error)},
-            )
-        return EXIT_INTERNAL
-    except KeyboardInterrupt as interrupt:
-        print(f"eplb-spec gate: interrupted ({interrupt}); no verdict", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print_gate_report(report)
-    if json_path:
-        write_json(json_path, report.to_json())
-    return EXIT_PASS if report.verdict == "pass" else EXIT_FAIL
+    130 interrupted."""
+
+    def run() -> tuple[str, str, dict[str, Any]]:
+        report = run_gate(
+            target,
+            quick=quick,
+            timeout_s=timeout_s,
+            max_gap_percent=max_gap,
+            data=data,
+            progress=True,
+            refine_a=refine_a,
+            refine_b=refine_b,
+            checks=checks,
+            skip=skip,
+            memory_mb=memory_mb,
+        )
+        return report.verdict, gate_report_text(report), report.to_json()
+
+    return command(target, json_path, 2, run)
 
 
 __all__ = [
