@@ -81,6 +81,13 @@ def bench_oracle(session: nox.Session) -> None:
     session.run("eplb-spec", "bench-oracle", *session.posargs)
 
 
+@nox.session(name="balancer-vectors")
+def balancer_vectors(session: nox.Session) -> None:
+    """Rewrite vectors/balancer/ (the reference's exact outputs for ports)."""
+    install_project(session, "test")
+    session.run("eplb-spec", "balancer-vectors", *session.posargs)
+
+
 @nox.session
 def vectors(session: nox.Session) -> None:
     """Write test vectors; ``nox -s vectors -- --tiers small,medium,large --out DIR``."""

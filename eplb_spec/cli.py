@@ -266,6 +266,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vectors.set_defaults(handler=run_vectors)
 
+    balancer_vectors = commands.add_parser(
+        "balancer-vectors",
+        help="write the reference's exact outputs as JSON vectors for ports "
+        "(vectors/balancer/README.md)",
+    )
+    balancer_vectors.add_argument(
+        "--out", default="vectors/balancer", help="folder (default: vectors/balancer)"
+    )
+    balancer_vectors.add_argument(
+        "--tiers",
+        default="handpicked,small,traces",
+        help="comma-separated: handpicked,small,traces (traces needs the trace files)",
+    )
+    balancer_vectors.add_argument("--data", help="folder of trace *.json files")
+    balancer_vectors.set_defaults(handler=run_balancer_vectors)
+
     solve = commands.add_parser(
         "solve",
         help="solve one instance file exactly and print the result as JSON",
@@ -368,6 +384,16 @@ def run_vectors(args: argparse.Namespace) -> int:
     counts = {t: args.count if args.count is not None else defaults.get(t, 10) for t in tiers}
     for path in write_tiers(Path(args.out), tiers, counts):
         print(f"wrote {path}")
+    return 0
+
+
+def run_balancer_vectors(args: argparse.Namespace) -> int:
+    from properties.balancer_vectors import write_tiers
+
+    tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
+    for path in write_tiers(Path(args.out), tiers, args.data):
+        count = json.loads(path.read_text())["manifest"]["count"]
+        print(f"wrote {path}: {count} vectors, {path.stat().st_size} bytes")
     return 0
 
 

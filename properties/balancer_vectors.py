@@ -12,19 +12,17 @@ nothing but a JSON reader; ``vectors/balancer/README.md`` describes the format. 
 
 Every vector holds the outputs of the ``seed`` reference with each combination of its
 refinements, and of the ``baseline``; an output equal to an earlier one is stored as
-``{"same_as": name}``. Regenerate with ``python -m properties.balancer_vectors --out
+``{"same_as": name}``. Regenerate with ``eplb-spec balancer-vectors --out
 vectors/balancer``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata
 import itertools
 import json
 import random
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +43,7 @@ FORMAT_VERSION = 2  # 2: the refined variant is named "refined" (it was "seed")
 TIERS = ("handpicked", "small", "traces")
 SMALL_COUNT = 80
 SMALL_SEED = 0
-COMMAND = "python -m properties.balancer_vectors --out vectors/balancer"
+COMMAND = "eplb-spec balancer-vectors --out vectors/balancer"
 REFERENCE_FILES = ("impl/steps.py", "impl/balancer.py", "spec/refinements.py")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -687,28 +685,3 @@ def write_tiers(out: Path, tiers: Sequence[str] = TIERS, data: str | None = None
         path.write_text(dump_tier(document))
         written.append(path)
     return written
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m properties.balancer_vectors", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--out", default="vectors/balancer", help="folder for the tier files")
-    parser.add_argument(
-        "--tiers", default=",".join(TIERS), help=f"comma-separated, of {', '.join(TIERS)}"
-    )
-    parser.add_argument("--data", default=None, help="folder of the trace files")
-    args = parser.parse_args(argv)
-    try:
-        paths = write_tiers(Path(args.out), [t for t in args.tiers.split(",") if t], args.data)
-    except ValueError as error:
-        print(f"balancer vectors: {error}", file=sys.stderr)
-        return 2
-    for path in paths:
-        count = json.loads(path.read_text())["manifest"]["count"]
-        print(f"{path}: {count} vectors, {path.stat().st_size} bytes")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

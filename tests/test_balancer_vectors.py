@@ -2,7 +2,7 @@
 
 Every output of every vector is recomputed here from the reference (and from the
 compiled fast path), so a change of behaviour fails the build until the vectors are
-regenerated on purpose (``python -m properties.balancer_vectors --out vectors/balancer``).
+regenerated on purpose (``eplb-spec balancer-vectors --out vectors/balancer``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from eplb_spec.cli import main
 from properties.balancer_vectors import (
     FORMAT,
     FORMAT_VERSION,
@@ -27,7 +28,6 @@ from properties.balancer_vectors import (
     decode_weight,
     exercised,
     handpicked_tier,
-    main,
     problem_of,
     resolved,
     small_tier,
@@ -189,5 +189,5 @@ def test_the_readme_table_matches_the_files() -> None:
 
 
 def test_the_generator_rejects_an_unknown_tier(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--tiers", "huge", "--out", "unused"]) == 2
+    assert main(["balancer-vectors", "--tiers", "huge", "--out", "unused"]) == 2
     assert "tier must be one of" in capsys.readouterr().err
