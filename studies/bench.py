@@ -98,8 +98,8 @@ def timings_for(case: str, medians: dict[str, float]) -> list[Timing]:
 
 
 def fast_scaling(rounds: int) -> list[ScalingPoint]:
-    """How the fast seed's time grows with layers, experts and GPUs (generated loads)."""
-    fast_seed = CONTENDERS[-1]
+    """How the fast refined balancer's time grows with layers, experts and GPUs."""
+    fast_refined = CONTENDERS[-1]
     points: list[tuple[str, int, int, int, int, int, int]] = []
     for layers in (29, 58, 116, 232, 464):
         points.append(("layers", layers, 256, 288, 8, 4, 32))
@@ -112,7 +112,7 @@ def fast_scaling(rounds: int) -> list[ScalingPoint]:
         replicas = at_least + (-at_least) % gpus
         loads = generated_loads(seed=1, num_layers=layers, num_experts=experts)
         problem = BalancingProblem(loads, replicas, groups, nodes, gpus)
-        ms = time_side_by_side([problem], [fast_seed], rounds)[fast_seed.name]
+        ms = time_side_by_side([problem], [fast_refined], rounds)[fast_refined.name]
         result.append(ScalingPoint(axis, layers, experts, replicas, gpus, ms, ms / layers))
     return result
 
@@ -265,7 +265,7 @@ def run_benchmark(data: str | None, rounds: int, json_path: str | None) -> int:
 
     scaling = fast_scaling(max(3, rounds))
     print(
-        f"\nfast seed scaling (generated loads)\n{'axis':<8}{'layers':>7}{'experts':>8}"
+        f"\nfast refined scaling (generated loads)\n{'axis':<8}{'layers':>7}{'experts':>8}"
         f"{'replicas':>9}{'gpus':>6}{'ms/call':>10}{'ms/layer':>10}"
     )
     for p in scaling:

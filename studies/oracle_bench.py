@@ -130,9 +130,9 @@ class TraceScore:
     max_row_width: float
     max_row_seconds: float
     mean_layer_width: float
-    seed_gap_to_bound: float
+    refined_gap_to_bound: float
     baseline_gap_to_bound: float
-    seed_gap_to_best_known: float
+    refined_gap_to_best_known: float
     seconds: float
 
 
@@ -144,14 +144,14 @@ def score_trace(
 ) -> TraceScore:
     problem = BalancingProblem(loads if layers is None else loads[:layers], *cluster)
     start = time.perf_counter()
-    seed = balance(problem, fast=True)
+    refined = balance(problem, fast=True)
     base = balance(problem, variant="baseline", fast=True)
-    seed_peak = peak_gpu_load(problem.loads, seed.phy2log, seed.logcnt, problem.num_gpus)
+    refined_peak = peak_gpu_load(problem.loads, refined.phy2log, refined.logcnt, problem.num_gpus)
     base_peak = peak_gpu_load(problem.loads, base.phy2log, base.logcnt, problem.num_gpus)
     widths, row_seconds, layer_widths = [], [], []
-    seed_gaps, base_gaps, seed_best_gaps = [], [], []
+    refined_gaps, base_gaps, refined_best_gaps = [], [], []
     for layer in range(problem.num_layers):
-        split = node_blocks(problem, seed.phy2log[layer])
+        split = node_blocks(problem, refined.phy2log[layer])
         for block in split:
             experts = [g * problem.group_size + i for g in block for i in range(problem.group_size)]
             row = certify_row(
@@ -169,14 +169,14 @@ def score_trace(
         certified = certify_layer(problem, layer, split)
         upper = min(
             certified.result.objective or Fraction(10**30),
-            Fraction(float(seed_peak[layer])),
+            Fraction(float(refined_peak[layer])),
             Fraction(float(base_peak[layer])),
         )
         if lower > 0:
             layer_widths.append(float((upper - lower) / lower))
-            seed_gaps.append(float(seed_peak[layer]) / float(lower) - 1)
+            refined_gaps.append(float(refined_peak[layer]) / float(lower) - 1)
             base_gaps.append(float(base_peak[layer]) / float(lower) - 1)
-            seed_best_gaps.append(float(seed_peak[layer]) / float(upper) - 1)
+            refined_best_gaps.append(float(refined_peak[layer]) / float(upper) - 1)
     return TraceScore(
         trace=name,
         cluster=",".join(map(str, cluster)),
@@ -185,9 +185,9 @@ def score_trace(
         max_row_width=max(widths),
         max_row_seconds=max(row_seconds),
         mean_layer_width=statistics.fmean(layer_widths) if layer_widths else 0.0,
-        seed_gap_to_bound=statistics.fmean(seed_gaps) if seed_gaps else 0.0,
+        refined_gap_to_bound=statistics.fmean(refined_gaps) if refined_gaps else 0.0,
         baseline_gap_to_bound=statistics.fmean(base_gaps) if base_gaps else 0.0,
-        seed_gap_to_best_known=statistics.fmean(seed_best_gaps) if seed_best_gaps else 0.0,
+        refined_gap_to_best_known=statistics.fmean(refined_best_gaps) if refined_best_gaps else 0.0,
         seconds=time.perf_counter() - start,
     )
 
@@ -290,7 +290,7 @@ def run_oracle_benchmark(
     )
     print(
         f"{'trace':<24}{'cluster':<14}{'rows':>6}{'<=0.1%':>8}{'max row':>9}{'max row s':>10}"
-        f"{'layer w':>9}{'seed gap':>10}{'base gap':>10}{'s':>7}"
+        f"{'layer w':>9}{'ref gap':>10}{'base gap':>10}{'s':>7}"
     )
     cells = certification_sweep(
         [(w.name, w.loads) for w in chosen], clusters, layers, backend or Inline()
@@ -306,10 +306,10 @@ def run_oracle_benchmark(
         print(
             f"{score.trace:<24}{score.cluster:<14}{score.rows:>6}{score.rows_within_target:>8}"
             f"{score.max_row_width:>9.3%}{score.max_row_seconds:>10.3f}{score.mean_layer_width:>9.2%}"
-            f"{score.seed_gap_to_bound:>10.2%}{score.baseline_gap_to_bound:>10.2%}{score.seconds:>7.1f}"
+            f"{score.refined_gap_to_bound:>10.2%}{score.baseline_gap_to_bound:>10.2%}{score.seconds:>7.1f}"
         )
     print(
-        "seed/base gap: mean over layers of peak / lower bound - 1 (an upper bound on the "
+        "refined/base gap: mean over layers of peak / lower bound - 1 (an upper bound on the "
         "true gap to the optimum)."
     )
     if json_path:

@@ -64,7 +64,7 @@ def test_a_certification_sweep_on_a_pool_equals_one_in_this_process() -> None:
         score = cell.score
         assert score is not None
         found = dataclasses.asdict(score)
-        kept = ("trace", "cluster", "rows", "seed_gap_to_bound", "baseline_gap_to_bound")
+        kept = ("trace", "cluster", "rows", "refined_gap_to_bound", "baseline_gap_to_bound")
         return {k: found[k] for k in kept}
 
     assert [timeless(c) for c in pooled] == [timeless(c) for c in inline]
