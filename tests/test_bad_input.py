@@ -94,6 +94,12 @@ def test_bad_options() -> None:
         rebalance_experts(good_weight(), *CLUSTER, refine_b="no")  # type: ignore[arg-type]
 
 
+def test_the_earlier_variant_name_seed_is_still_accepted() -> None:
+    refined = rebalance_experts(good_weight(), *CLUSTER, variant="refined", refine_b=False)
+    seed = rebalance_experts(good_weight(), *CLUSTER, variant="seed", refine_b=False)
+    assert all(torch.equal(a, b) for a, b in zip(refined, seed, strict=True))
+
+
 @pytest.mark.parametrize("variant", ["refined", "baseline"])
 def test_all_zero_layers_are_valid(variant: str) -> None:
     phy2log, _, logcnt = rebalance_experts(torch.zeros(3, 12), *CLUSTER, variant=variant)

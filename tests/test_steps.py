@@ -6,12 +6,20 @@ import pytest
 
 from impl.steps import (
     Packing,
+    bisected_counts,
+    counts_at_threshold,
+    group_loads,
     layout_by_expert,
     pack_balanced,
     pack_diverse,
     refine_counts,
     refine_swap,
+    refine_swap_lists,
+    renumber_node_local,
+    replica_ranks,
     replicate_greedy,
+    slots_of,
+    sum_left_to_right,
     water_fill,
 )
 
@@ -27,6 +35,35 @@ def test_pack_balanced_breaks_ties_by_lower_index() -> None:
 
 def test_pack_balanced_with_one_item_per_pack_is_the_identity() -> None:
     assert pack_balanced([1, 9, 5], 3) == Packing(pack=[0, 1, 2], rank=[0, 0, 0])
+
+
+def test_sums_run_left_to_right() -> None:
+    # 1e16 + 1 rounds back to 1e16; a compensated or exact sum would give 1.
+    assert sum_left_to_right([1e16, 1.0, -1e16]) == 0.0
+    assert sum_left_to_right([1.0, 1e16, -1e16]) == 0.0
+    assert sum_left_to_right([1e16, -1e16, 1.0]) == 1.0
+
+
+def test_group_loads_sum_consecutive_experts_in_id_order() -> None:
+    assert group_loads([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3) == [3.0, 7.0, 11.0]
+    assert group_loads([1e16, 1.0, 1.0, -0.0], 2) == [1e16, 1.0]
+
+
+def test_renumber_node_local_orders_by_group_arrival_then_position() -> None:
+    # Groups 0..3 of 2 experts; node 0 got group 2 first, then group 1; node 1 got 3, 0.
+    packing = Packing(pack=[1, 0, 0, 1], rank=[1, 1, 0, 0])
+    assert renumber_node_local(packing, 2, 2) == [[4, 5, 2, 3], [6, 7, 0, 1]]
+
+
+def test_counts_at_threshold_round_up_and_keep_one_replica() -> None:
+    assert counts_at_threshold([6.0, 3.0, 0.0, 2.5], 2.0) == [3, 2, 1, 2]
+
+
+def test_bisected_counts_stop_at_the_upper_end_of_the_threshold() -> None:
+    # Any T in [2, 3) needs 3 + 2 + 1 = 6 slots; below 2 it needs 7 or more.
+    assert bisected_counts([6.0, 3.0, 1.0], 6) == [3, 2, 1]
+    # Every T >= 4 needs 3 slots and every T < 4 needs 6: the bisection leaves 2 spare.
+    assert bisected_counts([4.0, 4.0, 4.0], 5) == [1, 1, 1]
 
 
 def test_water_fill_one_slot_per_expert() -> None:
@@ -98,6 +135,17 @@ def test_layout_by_expert() -> None:
     assert layout_by_expert([2, 1, 3]) == [0, 0, 1, 2, 2, 2]
 
 
+def test_replica_ranks_count_earlier_replicas_of_the_same_expert() -> None:
+    assert replica_ranks([0, 0, 1, 2, 2, 2]) == [0, 1, 0, 0, 1, 2]
+    assert replica_ranks([0, 1, 2, 0, 0, 1]) == [0, 0, 0, 1, 2, 1]
+
+
+def test_slots_of_is_node_then_gpu_then_rank() -> None:
+    packing = Packing(pack=[1, 0, 1, 0], rank=[0, 1, 1, 0])
+    # Node 2 of 4 slots (S = 4), 2 GPUs of cap 2: slot = 2 * 4 + gpu * 2 + rank.
+    assert slots_of(packing, 2, 4, 2) == [10, 9, 11, 8]
+
+
 def test_pack_diverse_prefers_a_gpu_without_the_label_over_a_lighter_one() -> None:
     # 0 -> g0 (5); 1 -> g1 (4); 2 has label 1, already on g1, so g0 although heavier.
     assert pack_diverse([5, 4, 3, 1], [0, 1, 1, 2], 2) == Packing(
@@ -131,6 +179,14 @@ def test_refine_swap_leaves_other_gpus_ranks_and_respects_the_third_gpu() -> Non
     after = refine_swap(weights, before, 3)
     # Light GPUs: g1 (1.5), then g2 (5). Best is 0 <-> 2 on g1 (peak 6.5); g2's ranks stay.
     assert after == Packing(pack=[1, 0, 0, 1, 2, 2], rank=[0, 1, 0, 1, 1, 0])
+
+
+def test_refine_swap_lists_is_refine_swap_on_plain_lists() -> None:
+    weights = [6.0, 5.0, 1.0, 0.5]
+    assert refine_swap_lists(weights, [0, 0, 1, 1], [0, 1, 0, 1], 2) == (
+        [1, 0, 0, 1],
+        [0, 1, 0, 1],
+    )
 
 
 def test_refine_swap_needs_a_real_gain() -> None:
