@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--same-as",
         metavar="REFERENCE",
         help="fidelity mode: compare the target's placements with a reference's, step by "
-        "step (seed, seed-without-a, seed-without-b, seed-without-refinements, baseline)",
+        "step (refined, refined-without-a, refined-without-b, refined-without-refinements, "
+        "baseline)",
     )
     gate.add_argument(
         "--tolerate-ties",

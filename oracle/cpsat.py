@@ -113,7 +113,7 @@ def integer_bound(solver: cp_model.CpSolver) -> int:
     """The proven lower bound of an integer objective.
 
     CP-SAT proves an integer bound but reports it as a float that can miss it by a
-    rounding error (220.99999999999997 for 221). Objectives stay below 2**48 (see
+    rounding error (220.99999999999997 for 221). Objectives stay below 2**31 (see
     ``oracle.exact.INTEGER_BUDGET``), so that error is far below 1/4: a value within 1/4
     of an integer is that integer; anything else is rounded down.
     """

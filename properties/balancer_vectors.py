@@ -10,7 +10,7 @@ nothing but a JSON reader; ``vectors/balancer/README.md`` describes the format. 
 - ``traces``: a few layers of the real DeepSeek-V3 traces, chosen at generation time
   (the manifest names the file and layer of each).
 
-Every vector holds the outputs of the ``seed`` reference with each combination of its
+Every vector holds the outputs of the ``refined`` reference with each combination of its
 refinements, and of the ``baseline``; an output equal to an earlier one is stored as
 ``{"same_as": name}``. Regenerate with ``eplb-spec balancer-vectors --out
 vectors/balancer``.
@@ -215,8 +215,8 @@ HANDPICKED: list[HandPicked] = [
     HandPicked(
         "two-expert-rows",
         "rows of two experts, the only rows where refinement A can move a replica; after "
-        "water-filling it never does (docs/ANSWERS.md, question 1), so seed-without-a "
-        "equals seed",
+        "water-filling it never does (docs/ANSWERS.md, question 1), so refined-without-a "
+        "equals refined",
         [[7, 2, 5, 5], [1, 30, 2, 2]],
         (8, 2, 2, 4),
         ("hierarchical", "two-expert-rows"),
@@ -288,10 +288,10 @@ def exercised(problem: BalancingProblem) -> set[str]:
         tags.add("zeros")
     if (loads != np.round(loads)).any():
         tags.add("float-loads")
-    seed = explain(problem)
-    if (loads > 2**24).any() or any(max(t.group_loads) > 2**24 for t in seed):
+    traces = explain(problem)
+    if (loads > 2**24).any() or any(max(t.group_loads) > 2**24 for t in traces):
         tags.add("above-float32")
-    for trace in seed:
+    for trace in traces:
         ordered = sorted(trace.group_loads)
         if any(a != b and np.float32(a) == np.float32(b) for a, b in itertools.pairwise(ordered)):
             tags.add("float32-group-tie")

@@ -251,7 +251,7 @@ def draw_stage(
 
 
 def layer_stages_figure(problem: BalancingProblem, layer: int, *, name: str = "") -> Figure:
-    """Per-GPU loads of one layer after each step, for the reference (``seed`` with
+    """Per-GPU loads of one layer after each step, for the reference (``refined`` with
     both refinements, top row) and the baseline (bottom row).
 
     Step 1 (groups to nodes) and step 2 (replication) do not place replicas on GPUs yet:
@@ -432,7 +432,7 @@ def draw_trace(quality: TraceQuality) -> Figure:
         color=REFERENCE_COLOR,
         markersize=3.5,
         linewidth=1,
-        label=f"reference (seed): balancedness {quality.reference_balancedness:.4f}",
+        label=f"reference (refined): balancedness {quality.reference_balancedness:.4f}",
     )
     axes.plot(
         x,
@@ -620,7 +620,7 @@ def draw_trace_scores(
         [reference[names[i]].balancedness for i in known],
         known,
         "D",
-        "reference (seed)",
+        "reference (refined)",
     )
     draw(
         bound_axes, [t["mean_peak_over_lower_bound"] for t in traces], rows, "o", target + ": mean"
@@ -631,14 +631,14 @@ def draw_trace_scores(
         [reference[names[i]].mean_peak_over_lower_bound for i in known],
         known,
         "D",
-        "reference (seed): mean",
+        "reference (refined): mean",
     )
     draw(
         bound_axes,
         [reference[names[i]].max_peak_over_lower_bound for i in known],
         known,
         "v",
-        "reference (seed): max",
+        "reference (refined): max",
     )
     balance_axes.set_yticks(rows, names, fontsize=8)
     balance_axes.set_ylim(len(names) - 0.5, -0.5)

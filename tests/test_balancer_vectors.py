@@ -146,7 +146,7 @@ def test_the_float32_case_separates_float32_from_float64() -> None:
 
 
 def test_refinement_a_never_acts_in_any_vector() -> None:
-    """Backs the vectors README: seed-without-a is always the seed output."""
+    """Backs the vectors README: refined-without-a is always the refined output."""
     for _, vector in all_vectors():
         assert vector["expected"]["refined-without-a"] == {"same_as": "refined"}
         assert not np.asarray(resolved(vector["expected"], "refined")["counts_refined"]).any()

@@ -316,11 +316,11 @@ def test_the_gate_figure_draws_the_reports_gaps_and_traces_beside_the_reference(
         expected["balancedness"].append(balancedness(loads))
         expected["mean"].append(float(np.mean(ratios)))
         expected["max"].append(max(ratios))
-    drawn = series(balance_axes, "reference (seed)")
+    drawn = series(balance_axes, "reference (refined)")
     assert drawn[1] == [0, 1]  # the trace missing from the data has no reference
     assert drawn[0] == pytest.approx(expected["balancedness"], rel=1e-12)
-    assert series(bound_axes, "reference (seed): mean")[0] == pytest.approx(expected["mean"])
-    assert series(bound_axes, "reference (seed): max")[0] == pytest.approx(expected["max"])
+    assert series(bound_axes, "reference (refined): mean")[0] == pytest.approx(expected["mean"])
+    assert series(bound_axes, "reference (refined): max")[0] == pytest.approx(expected["max"])
     assert [t.get_text() for t in balance_axes.get_yticklabels()] == [
         "tiny_a",
         "tiny_b",
