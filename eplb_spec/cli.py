@@ -230,10 +230,34 @@ def build_parser() -> argparse.ArgumentParser:
         "(gpu, rank) (the reference: impl:refine_swap_lists)",
     )
     gate.add_argument(
+        "--previous",
+        metavar="KEYWORD|6",
+        help="also check rebalancing from an old placement (the rebalance section): how the "
+        "target takes it, an int64 [layers, replicas] phy2log, as a keyword argument (this "
+        "project's reference: previous) or 6, the sixth positional argument (vLLM's "
+        "old_global_expert_indices; --impl vllm needs none)",
+    )
+    gate.add_argument(
+        "--schedule",
+        metavar="TARGET",
+        help="also check a transfer schedule f(previous, phy2log, num_experts, num_gpus, "
+        "num_nodes) -> (transfers [T, 5], num_batches [L]) (the reference: "
+        "properties.rebalance:reference_schedule; vLLM's: vllm:migration_scheduler)",
+    )
+    gate.add_argument(
+        "--no-exchanges",
+        action="store_true",
+        default=None,
+        help="with --schedule: a GPU may only send or only receive, with one peer, per batch "
+        "(vLLM's rule, the default for vllm:migration_scheduler); otherwise an exchange "
+        "with the one peer is allowed",
+    )
+    gate.add_argument(
         "--checks",
         metavar="SECTIONS",
         help="comma-separated sections to run (default: all): contract, deterministic, "
-        "input-forms, optimality, bad-input, traces, refinement-a, refinement-b",
+        "input-forms, optimality, bad-input, traces, rebalance, schedule, refinement-a, "
+        "refinement-b",
     )
     gate.add_argument("--skip", metavar="SECTIONS", help="comma-separated sections to leave out")
     gate.add_argument(
@@ -297,6 +321,40 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("file", help="instance JSON file")
     solve.set_defaults(handler=run_solve)
 
+    migration = commands.add_parser(
+        "migration",
+        help="rebalancing between the traces: transfers of a stateless rebalance, of slot "
+        "preservation, of the relabeling optimum, and the oracle's bound",
+        description="For every ordered pair of traces, the reference's placement of the first "
+        "rebalanced to the second's loads; per pair the transfers of each way and the "
+        "oracle's lower bound, summaries over the pairs, and the trade-off of peak against "
+        "transfers for a few layers.",
+    )
+    migration.add_argument("--data", help="folder of trace *.json files")
+    migration.add_argument(
+        "--quick", action="store_true", help="3 traces, 4 layers, one interval, one curve"
+    )
+    migration.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    migration.add_argument(
+        "--plot", metavar="DIR", help="also draw the trade-off curves (needs matplotlib)"
+    )
+    migration.add_argument(
+        "--interval-layers",
+        type=bounded_int(0, 1000),
+        metavar="K",
+        help="layers per pair that also get the oracle's CP-SAT interval, about 10 s each "
+        "(default 1; 0 for none)",
+    )
+    migration.add_argument(
+        "--interval-pairs",
+        type=bounded_int(0, 1_000_000),
+        metavar="M",
+        help="how many pairs, spread over all of them, get those intervals (default 12; "
+        "0 for none)",
+    )
+    add_backend_options(migration, default_workers=None)
+    migration.set_defaults(handler=run_migration)
+
     from eplb_spec.plots import add_plot_commands
 
     add_plot_commands(commands)
@@ -313,6 +371,28 @@ def run_oracle_bench(args: argparse.Namespace) -> int:
     backend = Inline() if local else choose_backend(args.workers, args.scheduler, args.ray)
     try:
         return run_oracle_benchmark(args.data, args.quick, args.json, clusters, backend)
+    finally:
+        backend.close()
+
+
+def run_migration(args: argparse.Namespace) -> int:
+    from properties.distribute import Inline, choose_backend
+    from studies.migration import run_migration_study
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    local = args.scheduler is None and args.ray is None and args.workers == 1
+    backend = Inline() if local else choose_backend(args.workers, args.scheduler, args.ray)
+    try:
+        return run_migration_study(
+            args.data,
+            args.quick,
+            args.json,
+            args.plot,
+            backend,
+            args.interval_layers,
+            args.interval_pairs,
+        )
     finally:
         backend.close()
 
@@ -362,6 +442,9 @@ def run_gate_command(args: argparse.Namespace) -> int:
         checks=sections(args.checks),
         skip=sections(args.skip),
         memory_mb=args.memory_mb,
+        previous=getattr(args, "previous", None),
+        schedule=getattr(args, "schedule", None),
+        schedule_exchanges=None if not getattr(args, "no_exchanges", None) else False,
     )
 
 

@@ -59,7 +59,12 @@ from oracle.pipeline import (
     splits_of,
 )
 from oracle.result import SolveResult, Status
-from spec.migration import count_transfers, exact_gpu_loads, validate_placement
+from spec.migration import (
+    count_transfers,
+    exact_gpu_loads,
+    gpu_expert_counts,
+    validate_placement,
+)
 from spec.problem import BalancingProblem
 
 IntArray = npt.NDArray[np.int64]
@@ -156,6 +161,27 @@ class NodeAnswer:
     proved: bool
 
 
+def block_presences(
+    weights: Sequence[Fraction], num_gpus: int, num_slots: int, budget: Fraction
+) -> list[int] | None:
+    """What a node of ``num_gpus`` GPUs and ``num_slots`` slots must give a block of
+    experts within ``budget``: the fewest GPUs each expert is on
+    (``presences_needed``); None when no node can hold the block (an expert needs more
+    GPUs than the node has, the presences more slots, or the joint bound exceeds the
+    budget). It does not depend on the node's old contents."""
+    need = presences_needed(weights, budget)
+    if max(need) > num_gpus or sum(need) > num_slots:
+        return None
+    if joint_lower_bound(list(weights), num_slots, num_gpus) > budget:
+        return None
+    return need
+
+
+def presences_bound(need: Sequence[int], had: Sequence[int]) -> int:
+    """New presences at least: each expert's needed GPUs less those that held it."""
+    return sum(max(0, n - h) for n, h in zip(need, had, strict=True))
+
+
 def analytical_node_bound(
     weights: Sequence[Fraction],
     old_held: Sequence[Sequence[bool]],
@@ -166,13 +192,11 @@ def analytical_node_bound(
     infeasible (an expert needs more GPUs than the node has, the presences need more
     slots than it has, or the joint bound exceeds the budget)."""
     gpus = len(old_held)
-    need = presences_needed(weights, budget)
-    if max(need) > gpus or sum(need) > num_slots:
-        return None
-    if joint_lower_bound(list(weights), num_slots, gpus) > budget:
+    need = block_presences(weights, gpus, num_slots, budget)
+    if need is None:
         return None
     had = [sum(1 for g in range(gpus) if old_held[g][e]) for e in range(len(weights))]
-    return sum(max(0, n - h) for n, h in zip(need, had, strict=True))
+    return presences_bound(need, had)
 
 
 def node_loads(weights: Sequence[Fraction], gpu_experts: Sequence[Sequence[int]]) -> list[Fraction]:
@@ -372,6 +396,8 @@ class LayerSearch:
     analytical: dict[tuple[tuple[int, ...], int], int | None]
     solved: dict[tuple[tuple[int, ...], int], NodeAnswer]
     balanced: dict[tuple[int, ...], list[list[int]]]
+    presences: dict[tuple[int, ...], list[int] | None]  # block_presences, per block
+    gpus_holding: IntArray  # [N, E]: GPUs of each node that held each expert before
 
     @classmethod
     def start(
@@ -381,9 +407,28 @@ class LayerSearch:
         old: IntArray,
         budget: Fraction,
         settings: SolverSettings,
+        presences: dict[tuple[int, ...], list[int] | None] | None = None,
     ) -> LayerSearch:
+        """``presences``: a cache of ``block_presences`` to share between searches of the
+        same layer loads and budget (they do not depend on the old placement)."""
         weights = as_fractions(problem.loads[layer].tolist())
-        return cls(problem, layer, old, budget, settings, weights, {}, {}, {})
+        held = gpu_expert_counts(
+            np.asarray([old], dtype=np.int64), problem.num_gpus, problem.num_experts
+        )[0]
+        holding = (held > 0).reshape(problem.packing_nodes, -1, problem.num_experts).sum(1)
+        return cls(
+            problem,
+            layer,
+            old,
+            budget,
+            settings,
+            weights,
+            {},
+            {},
+            {},
+            {} if presences is None else presences,
+            holding.astype(np.int64),
+        )
 
     def block_experts(self, block: Sequence[int]) -> list[int]:
         return node_experts(self.problem, block)
@@ -424,11 +469,19 @@ class LayerSearch:
             answer = self.solved[key]
             return answer.bound if answer.feasible else None
         if key not in self.analytical:
-            self.analytical[key] = analytical_node_bound(
-                [self.weights[e] for e in self.block_experts(block)],
-                self.old_held(block, node),
-                self.problem.slots_per_node,
-                self.budget,
+            experts = self.block_experts(block)
+            if block not in self.presences:
+                self.presences[block] = block_presences(
+                    [self.weights[e] for e in experts],
+                    self.problem.gpus_per_node,
+                    self.problem.slots_per_node,
+                    self.budget,
+                )
+            need = self.presences[block]
+            self.analytical[key] = (
+                None
+                if need is None
+                else presences_bound(need, self.gpus_holding[node, experts].tolist())
             )
         return self.analytical[key]
 
@@ -660,6 +713,34 @@ def relaxed_lower_bound(search: LayerSearch) -> int | None:
     rows, cols = linear_sum_assignment(table)
     value = int(table[rows, cols].sum())
     return None if value >= IMPOSSIBLE else value
+
+
+def analytical_lower_bounds(
+    problem: BalancingProblem,
+    layer: int,
+    previous_rows: Sequence[Sequence[int]],
+    budget: Fraction,
+) -> list[int | None]:
+    """For each old placement of ``layer`` (one ``phy2log`` row each), the analytical
+    lower bound of ``fewest_transfers_interval`` on the fewest transfers to a placement
+    with peak at most ``budget``, without any CP-SAT (None: no placement meets the
+    budget). The bound of ``fewest_transfers_interval`` is at least this one; the
+    requirements of each block of groups are computed once for all the rows."""
+    budget = Fraction(budget)
+    settings = SolverSettings()
+    presences: dict[tuple[int, ...], list[int] | None] = {}
+    too_many = split_count(problem) > MAX_SPLITS
+    splits = [] if too_many else splits_of(problem)
+    bounds: list[int | None] = []
+    for index, row in enumerate(previous_rows):
+        old = checked_row(problem, layer, list(row), f"previous_rows[{index}]")
+        search = LayerSearch.start(problem, layer, old, budget, settings, presences)
+        if too_many:
+            bounds.append(relaxed_lower_bound(search))
+            continue
+        least = min((search.matching(split, search.lower)[0] for split in splits), default=0)
+        bounds.append(None if least >= IMPOSSIBLE else least)
+    return bounds
 
 
 def fewest_transfers_exact(

@@ -14,7 +14,10 @@ The split of work between the two processes of the gate:
   both resolve the same release.
 - ``EngineAdapter.load()`` runs in the worker: it imports the engine's module and
   returns a function with DeepSeek's signature
-  ``f(weight, num_replicas, num_groups, num_nodes, num_gpus)``.
+  ``f(weight, num_replicas, num_groups, num_nodes, num_gpus)`` (vLLM's also takes the
+  old placement as ``previous=``), or for a transfer scheduler
+  (``vllm:migration_scheduler``) one with the gate's schedule signature
+  ``f(previous, phy2log, num_experts, num_gpus, num_nodes)``.
 - ``EngineAdapter.outside_domain(...)`` and ``outside_load_domain(...)`` run on the
   checking side: they say why the engine's caller would never make a call (its
   preconditions), so the gate does not report what the engine never allows. They never
@@ -76,6 +79,8 @@ class Engine:
     # ``pip download`` options that pick one wheel whatever the local platform (only its
     # pure-Python EPLB subtree is unpacked).
     download_options: tuple[str, ...]
+    # Its transfer schedulers, as ``--schedule`` targets name them (not balancers).
+    schedulers: tuple[str, ...] = ()
 
 
 ENGINES: dict[str, Engine] = {
@@ -90,6 +95,7 @@ ENGINES: dict[str, Engine] = {
             "--python-version=3.11",
             "--implementation=cp",
         ),
+        schedulers=("migration_scheduler",),
     ),
     "sglang": Engine(
         name="sglang",
@@ -164,6 +170,17 @@ class EngineAdapter:
     only_caller_dtype: ClassVar[bool] = False
     """True when no other dtype ever reaches the engine."""
 
+    kind: ClassVar[str] = "balancer"
+    """``balancer`` (a ``--impl`` target) or ``schedule`` (a ``--schedule`` target)."""
+
+    previous_argument: ClassVar[str | None] = None
+    """The keyword under which the loaded function takes an old placement (the engine's
+    caller passes its current ``phy2log``), or None when the balancer takes none."""
+
+    exchanges: ClassVar[bool] = True
+    """For a schedule: whether a GPU may send to and receive from its one peer in a
+    batch (``spec.check_schedule``'s ``exchanges``)."""
+
     def outside_load_domain(self, weight: npt.NDArray[Any]) -> str | None:
         """Why the engine's caller never passes these loads, or None when it may."""
         values = np.asarray(weight, dtype=np.float64)
@@ -230,12 +247,16 @@ VLLM_PACKAGES = (
 
 @dataclass(frozen=True)
 class VllmPolicy(EngineAdapter):
-    """vLLM's ``DefaultEplbPolicy``: ``EplbState.rearrange`` calls the classmethod
-    ``rebalance_experts(load, num_replicas, num_groups, num_nodes, num_gpus, old_map)``
-    positionally with the int64 token counts on the CPU."""
+    """vLLM's ``DefaultEplbPolicy``: ``EplbState.rearrange`` (and the async worker's
+    ``run_rebalance_experts``) call the classmethod ``rebalance_experts(load,
+    num_replicas, num_groups, num_nodes, num_gpus, old_map)`` positionally with the int64
+    token counts and the current ``physical_to_logical_map`` ([layers, replicas], int64),
+    both on the CPU. The loaded function takes the old map as ``previous=`` and passes it
+    sixth, as they do; without it the sixth argument is left out (its default, None)."""
 
     caller_dtype: ClassVar[str | None] = "int64"
     only_caller_dtype: ClassVar[bool] = True
+    previous_argument: ClassVar[str | None] = "previous"
 
     def load(self) -> Callable[..., Any]:
         module = self.import_module(VLLM_POLICY, VLLM_PACKAGES)
@@ -244,9 +265,20 @@ class VllmPolicy(EngineAdapter):
             raise TargetError(f"{self.source} has no DefaultEplbPolicy")
 
         def rebalance_experts(
-            weight: Any, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int
+            weight: Any,
+            num_replicas: int,
+            num_groups: int,
+            num_nodes: int,
+            num_gpus: int,
+            previous: Any = None,
         ) -> Any:
-            return policy.rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus)
+            if previous is None:
+                return policy.rebalance_experts(
+                    weight, num_replicas, num_groups, num_nodes, num_gpus
+                )
+            return policy.rebalance_experts(
+                weight, num_replicas, num_groups, num_nodes, num_gpus, previous
+            )
 
         return rebalance_experts
 
@@ -274,6 +306,48 @@ class VllmPolicy(EngineAdapter):
         if reason is None and not np.array_equal(np.asarray(weight), np.round(weight)):
             return "vLLM's caller passes integer token counts (int64), never fractions"
         return reason
+
+
+VLLM_SCHEDULER = "vllm.distributed.eplb.migration_scheduler"
+
+
+@dataclass(frozen=True)
+class VllmScheduler(EngineAdapter):
+    """vLLM's ``migration_scheduler``: the async EPLB worker (with
+    ``migration_batching_enabled``) calls ``schedule_migration_batches_for_layers(
+    num_local_experts, old_map.numpy(), new_map.numpy())`` on the ``[layers, replicas]``
+    int64 maps, ``num_local_experts`` being the slots per rank; it returns, per layer,
+    batches of ``MigrationFlow(src_rank, dst_rank, expert_ids)``. The loaded function has
+    the gate's schedule signature ``f(previous, phy2log, num_experts, num_gpus,
+    num_nodes)`` and lists the flows as ``(layer, batch, expert, source, destination)``
+    rows in the order vLLM returns them, with ``num_batches[l] = len(batches[l])``: plain
+    data, since ``MigrationFlow`` objects cannot cross the gate's isolation."""
+
+    kind: ClassVar[str] = "schedule"
+    exchanges: ClassVar[bool] = False  # each flow's both endpoints are busy in its batch
+
+    def load(self) -> Callable[..., Any]:
+        module = self.import_module(VLLM_SCHEDULER, VLLM_PACKAGES[:3])
+        scheduler = getattr(module, "schedule_migration_batches_for_layers", None)
+        if scheduler is None:
+            raise TargetError(f"{self.source} has no schedule_migration_batches_for_layers")
+
+        def schedule(
+            previous: Any, phy2log: Any, num_experts: int, num_gpus: int, num_nodes: int
+        ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+            old, new = previous.numpy(), phy2log.numpy()
+            layers = scheduler(old.shape[1] // num_gpus, old, new)
+            rows = [
+                (layer, batch, int(expert), int(flow.src_rank), int(flow.dst_rank))
+                for layer, batches in enumerate(layers)
+                for batch, flows in enumerate(batches)
+                for flow in flows
+                for expert in flow.expert_ids
+            ]
+            transfers = np.asarray(rows, dtype=np.int64).reshape(-1, 5)
+            return transfers, np.asarray([len(b) for b in layers], dtype=np.int64)
+
+        return schedule
 
 
 SGLANG_DISPATCHER = "sglang.srt.eplb.eplb_algorithms"
@@ -408,10 +482,10 @@ def parse_target(target: str) -> tuple[Engine, str | None, str] | None:
                 + ", ".join(f"{name}:{a}" for a in engine.algorithms)
             )
         algorithm = engine.default_algorithm
-    if algorithm not in engine.algorithms:
+    if algorithm not in engine.algorithms + engine.schedulers:
         raise TargetError(
             f"{name} has no balancer {algorithm!r}; known: "
-            + ", ".join(f"{name}:{a}" for a in engine.algorithms)
+            + ", ".join(f"{name}:{a}" for a in engine.algorithms + engine.schedulers)
         )
     return engine, (version or None), algorithm
 
@@ -472,8 +546,9 @@ def vllm_adapter(release: Release) -> VllmPolicy:
     description = (
         f"vllm {release.version} ({release.origin}: {release.root}): "
         "DefaultEplbPolicy.rebalance_experts(weight, num_replicas, num_groups, num_nodes, "
-        "num_gpus) (classmethod, arguments positional as EplbState.rearrange passes them; "
-        "old_global_expert_indices left None) -> phy2log; log2phy and logcnt derived by "
+        "num_gpus[, old_global_expert_indices]) (classmethod, arguments positional as "
+        "EplbState.rearrange passes them; the sixth, the old phy2log [layers, replicas] "
+        "int64, only in the rebalance section) -> phy2log; log2phy and logcnt derived by "
         "the gate"
     )
     return VllmPolicy(
@@ -486,6 +561,27 @@ def vllm_adapter(release: Release) -> VllmPolicy:
         root=release.root,
         source=source,
         sources=(source, policy / "abstract.py"),
+    )
+
+
+def vllm_scheduler_adapter(release: Release) -> VllmScheduler:
+    source = release.root / "vllm" / "distributed" / "eplb" / "migration_scheduler.py"
+    description = (
+        f"vllm {release.version} ({release.origin}: {release.root}): "
+        "schedule_migration_batches_for_layers(num_replicas // num_gpus, previous.numpy(), "
+        "phy2log.numpy()) as the async EPLB worker calls it -> batches of MigrationFlow, "
+        "listed as (layer, batch, expert, source, destination) rows"
+    )
+    return VllmScheduler(
+        name=f"vllm@{release.version}:migration_scheduler",
+        description=description,
+        engine="vllm",
+        algorithm="migration_scheduler",
+        version=release.version,
+        origin=release.origin,
+        root=release.root,
+        source=source,
+        sources=(source,),
     )
 
 
@@ -539,6 +635,8 @@ def find_engine(target: str) -> EngineAdapter | None:
         return None
     engine, version, algorithm = parsed
     release = find_release(engine, version)
+    if engine.name == "vllm" and algorithm in engine.schedulers:
+        return vllm_scheduler_adapter(release)
     if engine.name == "vllm":
         return vllm_adapter(release)
     return sglang_adapter(release, algorithm)

@@ -55,11 +55,23 @@ from properties.isolation import (
     TargetError,
     TensorArg,
 )
+from properties.rebalance import (
+    PreviousArgument,
+    RebalanceTally,
+    ScheduleTally,
+    check_rebalance_case,
+    check_schedule_case,
+    describe_previous,
+    parse_previous,
+)
 from properties.strategies import (
+    RebalanceCase,
     count_cases,
     engine_regime_examples,
     integer_problems,
     problems,
+    rebalance_gate_cases,
+    schedule_cases,
     swap_cases,
     tiny_problems,
 )
@@ -92,10 +104,15 @@ SECTIONS = (
     "optimality",
     "bad-input",
     "traces",
+    "rebalance",
+    "schedule",
     "refinement-a",
     "refinement-b",
 )
-"""The gate's sections, in the order they run; ``--checks`` and ``--skip`` name them."""
+"""The gate's sections, in the order they run; ``--checks`` and ``--skip`` name them.
+``rebalance`` runs when the gate knows how the target takes an old placement
+(``--previous``, or an engine adapter that says), ``schedule`` with a ``--schedule``
+target, the refinements with theirs."""
 
 
 class InternalError(Exception):
@@ -111,6 +128,8 @@ class Budget:
     optimality: int
     traces: int | None  # None: all
     trace_repeats: int
+    rebalance: int = 30
+    schedule: int = 30
 
 
 QUICK = Budget(
@@ -121,6 +140,8 @@ QUICK = Budget(
     optimality=25,
     traces=2,
     trace_repeats=1,
+    rebalance=30,
+    schedule=30,
 )
 THOROUGH = Budget(
     "thorough",
@@ -130,6 +151,8 @@ THOROUGH = Budget(
     optimality=150,
     traces=None,
     trace_repeats=3,
+    rebalance=150,
+    schedule=200,
 )
 
 
@@ -190,6 +213,8 @@ class GateReport:
     optimality: dict[str, Any] = field(default_factory=dict)
     traces: list[TraceResult] = field(default_factory=list)
     seconds: float = 0.0
+    rebalance: dict[str, Any] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=dict)
 
     @property
     def violations(self) -> list[GateFinding]:
@@ -244,6 +269,8 @@ class GateReport:
             "bad_inputs": self.bad_inputs,
             "optimality": self.optimality,
             "traces": [asdict(t) for t in self.traces],
+            "rebalance": self.rebalance,
+            "schedule": self.schedule,
             "seconds": self.seconds,
         }
 
@@ -412,6 +439,7 @@ class GateRun:
     timeout_s: float
     memory_mb: int
     gaps: list[Gap] = field(default_factory=list)
+    previous: PreviousArgument | None = None  # how the target takes an old placement
 
     @property
     def gave_up(self) -> bool:
@@ -427,16 +455,15 @@ class GateRun:
             problem.num_experts, cluster
         ) or self.engine.outside_load_domain(problem.loads)
 
-    def call(self, *args: Any) -> CallResult | CallFailure:
+    def call(self, *args: Any, **kwargs: Any) -> CallResult | CallFailure:
         """The target's call; an engine that only ever receives its caller's dtype gets
-        every weight in it, contiguous."""
-        if self.engine is not None and self.engine.only_caller_dtype:
+        every weight (the first argument) in it, contiguous."""
+        if self.engine is not None and self.engine.only_caller_dtype and args:
             dtype = self.engine.caller_dtype or "float64"
-            args = tuple(
-                replace(a, dtype=dtype, contiguous=True) if isinstance(a, TensorArg) else a
-                for a in args
-            )
-        return self.caller.call(*args)
+            first = args[0]
+            if isinstance(first, TensorArg):
+                args = (replace(first, dtype=dtype, contiguous=True), *args[1:])
+        return self.caller.call(*args, **kwargs)
 
     def dtype_for(self, values: np.ndarray) -> str:
         """The dtype of the gate's ordinary call: an engine caller's where the values fit
@@ -478,16 +505,17 @@ class GateRun:
 
 
 class SoftFindings(list[Finding]):
-    """Type-only findings of one example, recorded on the hunt until its first failure."""
+    """Findings of one example that do not stop the search (types only, transfers above
+    the relabeling optimum), recorded on the hunt until its first failure."""
 
-    def __init__(self, state: Hunt, problem: BalancingProblem) -> None:
+    def __init__(self, state: Hunt, case: Any) -> None:
         super().__init__()
-        self.state, self.problem = state, problem
+        self.state, self.case = state, case
 
     def append(self, finding: Finding) -> None:
         super().append(finding)
         if not self.state.failed:
-            self.state.soft.append((finding, describe(self.problem)))
+            self.state.soft.append((finding, describe_case(self.case)))
 
 
 def run_sections(run: GateRun, chosen: Collection[str]) -> None:
@@ -564,6 +592,78 @@ def summarise_gaps(run: GateRun) -> None:
             {"peak": g.peak, "optimum": str(g.optimum), "relative": g.relative} for g in proven
         ],
     }
+
+
+def rebalance_outside(run: GateRun, case: RebalanceCase) -> str | None:
+    """Why an engine's caller never makes this rebalance (the new or the old loads)."""
+    before = case.previous_problem
+    return run.outside(case.problem) or (None if before is None else run.outside(before))
+
+
+def rebalance_section(run: GateRun) -> None:
+    """The target with an old placement (``properties.rebalance``)."""
+    argument = run.previous
+    assert argument is not None
+    tally = RebalanceTally()
+
+    def check(case: RebalanceCase, state: Hunt) -> None:
+        if run.gave_up:
+            return
+        if rebalance_outside(run, case) is not None:
+            state.skipped += not state.failed
+            return
+        soft = SoftFindings(state, case)
+        check_rebalance_case(
+            run.call,
+            case,
+            argument,
+            soft=soft,
+            tally=None if state.failed else tally,
+            dtype=run.dtype_for,
+        )
+
+    state = hunt("rebalance", rebalance_gate_cases(), check, run.budget.rebalance, run.progress)
+    run.finish_hunt("rebalance", state)
+    if any(f.code == "transfers-above-fewest" for f, _ in state.soft):
+        status = run.report.checks["rebalance"]
+        above = (
+            f"transfers above the relabeling optimum in {tally.layers_above_fewest} of "
+            f"{tally.layers} layer(s)"
+        )
+        run.report.checks["rebalance"] = (
+            status.removesuffix(": pass") + f": FAIL ({above})"
+            if status.endswith(": pass")
+            else f"{status}; {above}"
+        )
+    how = describe_previous(argument)
+    if run.engine is not None and argument == run.engine.previous_argument:
+        how = f"as {run.engine.engine}'s caller passes it (see the call)"
+    run.report.rebalance = {"previous": how, **tally.to_json()}
+
+
+def schedule_section(run: GateRun, target: str, exchanges: bool) -> None:
+    """A transfer schedule target on pairs of valid placements (``properties.rebalance``)."""
+    if run.gave_up:
+        run.report.checks["schedule"] = "skipped: the target hung or crashed too often"
+        return
+    tally = ScheduleTally()
+    with IsolatedTarget(
+        target, run.timeout_s, memory_mb=run.memory_mb, failures=run.failures
+    ) as scheduler:
+
+        def check(case: Any, state: Hunt) -> None:
+            if not run.gave_up:
+                check_schedule_case(
+                    scheduler.call,
+                    case,
+                    exchanges=exchanges,
+                    tally=None if state.failed else tally,
+                )
+
+        state = hunt("schedule", schedule_cases(), check, run.budget.schedule, run.progress)
+    run.finish_hunt("schedule", state)
+    rule = "exchanges allowed" if exchanges else "one directed peer per GPU and batch"
+    run.report.schedule = {"target": target, "rule": rule, **tally.to_json()}
 
 
 def bad_input_outside(run: GateRun, case: BadInput) -> str | None:
@@ -751,6 +851,32 @@ def target_file(target: str, caller: IsolatedTarget, engine: EngineAdapter | Non
     return caller.resolved_file
 
 
+def how_previous(
+    previous: str | int | None, engine: EngineAdapter | None
+) -> PreviousArgument | None:
+    """How the target takes an old placement: ``--previous``, else the engine adapter's
+    own convention, else None (the rebalance section does not run)."""
+    if previous is not None:
+        return parse_previous(previous)
+    if engine is not None and engine.previous_argument is not None:
+        return engine.previous_argument
+    return None
+
+
+def schedule_rule(schedule: str, exchanges: bool | None) -> bool:
+    """Whether the schedule may pair a GPU with one peer both ways in a batch: as given,
+    else the engine adapter's rule, else yes (the specification's default)."""
+    engine = find_engine(schedule)
+    if engine is not None and engine.kind != "schedule":
+        raise ValueError(
+            f"--schedule {schedule}: names a balancer, not a transfer schedule (vLLM's "
+            "scheduler is vllm:migration_scheduler)"
+        )
+    if exchanges is not None:
+        return exchanges
+    return engine.exchanges if engine is not None else True
+
+
 def describe_call(
     target: str, engine: EngineAdapter | None, timeout_s: float, memory_mb: int
 ) -> str:
@@ -791,6 +917,9 @@ def run_gate(
     import_timeout_s: float | None = None,
     budget: Budget | None = None,
     after_checks: Callable[[IsolatedTarget, GateReport], None] | None = None,
+    previous: str | int | None = None,
+    schedule: str | None = None,
+    schedule_exchanges: bool | None = None,
 ) -> GateReport:
     """Check ``target`` and return the report.
 
@@ -803,6 +932,11 @@ def run_gate(
     target (default: the per-call timeout, at least 60 s). ``budget`` replaces the one
     ``quick`` chooses. ``after_checks(caller, report)`` runs once the checks are done,
     while the target's worker is still up (the evaluator times the target there).
+    ``previous``: how the target takes an old placement, a keyword name or 6 (the sixth
+    positional argument); engine adapters that take one need none. ``schedule``: a
+    transfer schedule target ``f(previous, phy2log, num_experts, num_gpus, num_nodes)``;
+    ``schedule_exchanges`` False checks the stricter one-directed-peer rule (the
+    default for ``vllm:migration_scheduler``).
     """
     if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
         raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout_s!r}")
@@ -815,6 +949,12 @@ def run_gate(
     budget = budget or (QUICK if quick else THOROUGH)
     report = GateReport(target)
     engine = find_engine(target)
+    if engine is not None and engine.kind != "balancer":
+        raise ValueError(
+            f"--impl {target}: names a transfer schedule, not a balancer; pass it as --schedule"
+        )
+    argument = how_previous(previous, engine)
+    exchanges = None if schedule is None else schedule_rule(schedule, schedule_exchanges)
     failures = FailureCount()
     with IsolatedTarget(
         target,
@@ -833,9 +973,10 @@ def run_gate(
             max_gap_percent,
             timeout_s,
             memory_mb,
+            previous=argument,
         )
         try:
-            gate_body(run, chosen, data, refine_a, refine_b)
+            gate_body(run, chosen, data, refine_a, refine_b, schedule, exchanges)
             if after_checks is not None:
                 after_checks(caller, report)
         except (InternalError, TargetError, ValueError):
@@ -862,6 +1003,8 @@ def gate_body(
     data: str | None,
     refine_a: str | None,
     refine_b: str | None,
+    schedule: str | None = None,
+    exchanges: bool | None = None,
 ) -> None:
     report, caller = run.report, run.caller
     path = target_file(report.target, caller, run.engine)
@@ -886,6 +1029,20 @@ def gate_body(
             "sections": list(chosen),
         }
     )
+    if run.previous is not None:
+        report.header["previous"] = (
+            f"an old placement (int64 [layers, replicas]) {describe_previous(run.previous)}"
+        )
+    if schedule is not None:
+        adapter = find_engine(schedule)
+        report.header["schedule"] = (
+            adapter.description
+            if adapter is not None
+            else (
+                f"{schedule}(previous, phy2log, num_experts, num_gpus, num_nodes) -> "
+                "(transfers [T, 5], num_batches [L])"
+            )
+        )
     first = BalancingProblem([[1.0, 2.0]], 2, 1, 1, 1)
     try:
         probe = call_ok(run.call, first, run.dtype_for(first.loads))
@@ -905,6 +1062,13 @@ def gate_body(
             report.checks["traces"] = "skipped: the target hung or crashed too often"
         else:
             traces_section(run, data)
+    if "rebalance" in chosen and run.previous is not None:
+        if run.gave_up:
+            report.checks["rebalance"] = "skipped: the target hung or crashed too often"
+        else:
+            rebalance_section(run)
+    if "schedule" in chosen and schedule is not None:
+        schedule_section(run, schedule, True if exchanges is None else exchanges)
     refinements = [
         ("refinement-a", refine_a, count_cases(), check_refinement_a),
         ("refinement-b", refine_b, swap_cases(), check_refinement_b),
@@ -955,6 +1119,29 @@ def gate_report_text(report: GateReport) -> str:
         lines.append(
             "    peak/LB: peak GPU load over a certified lower bound on the optimum (1 is optimal);"
             " s/call: wall time of one isolated call, seen from the gate."
+        )
+    if report.rebalance:
+        r = report.rebalance
+        oracle = r["oracle"]
+        lines.append(
+            f"  rebalance ({r['previous']}): {r['cases']} cases, {r['layers']} layers: "
+            f"{r['transfers']} transfers; its stateless answer {r['stateless_transfers']}, "
+            f"relabeled for the fewest {r['fewest_relabeled']}; above that in "
+            f"{r['layers_above_fewest']} layer(s)"
+        )
+        if oracle["layers"]:
+            lines.append(
+                f"    tiny layers vs the oracle's fewest at the target's own peak: "
+                f"{oracle['proven']} of {oracle['layers']} proven, {oracle['at_fewest']} at the "
+                f"fewest; {oracle['target_transfers']} transfers where {oracle['fewest']} suffice"
+            )
+    if report.schedule:
+        s = report.schedule
+        lines.append(
+            f"  schedule ({s['rule']}): {s['cases']} cases, {s['transfers']} transfers in "
+            f"{s['batches']} batches (at least {s['most_links']} with its sources: a GPU's "
+            "links); "
+            f"{s['inter_node']} cross nodes where {s['fewest_inter_node']} must"
         )
     lines.append(f"  {report.seconds:.1f} s")
     return "\n".join(lines)
@@ -1129,6 +1316,9 @@ def gate_main(
     checks: Collection[str] | None = None,
     skip: Collection[str] | None = None,
     memory_mb: int = DEFAULT_MEMORY_MB,
+    previous: str | None = None,
+    schedule: str | None = None,
+    schedule_exchanges: bool | None = None,
 ) -> int:
     """The ``eplb-spec gate`` command. Exit status: 0 pass, 1 findings, 2 the target
     cannot be imported or an argument is wrong, 3 an internal error of the gate,
@@ -1147,6 +1337,9 @@ def gate_main(
             checks=checks,
             skip=skip,
             memory_mb=memory_mb,
+            previous=previous,
+            schedule=schedule,
+            schedule_exchanges=schedule_exchanges,
         )
         return report.verdict, gate_report_text(report), report.to_json()
 

@@ -47,7 +47,8 @@ OUTPUT_KEPT_BYTES = 4096
 
 @dataclass(frozen=True)
 class TensorArg:
-    """A weight tensor to hand to the target: values, dtype name and memory layout."""
+    """A tensor to hand to the target: values, dtype name and memory layout (the
+    weights; an old placement is one with dtype ``int64``)."""
 
     values: np.ndarray
     dtype: str = "float64"
@@ -351,7 +352,7 @@ class IsolatedTarget:
     def write_tensor(self, arg: TensorArg, index: int) -> tuple[dict[str, Any], Path, bytes]:
         values = np.asarray(arg.values)
         if values.ndim != 2:
-            raise ValueError("a weight tensor is 2-D")
+            raise ValueError("a tensor argument is 2-D")
         stored = values if arg.contiguous else values.T
         data = np.ascontiguousarray(stored.astype(np.dtype(arg.dtype))).tobytes()
         path = self.scratch / f"arg{index}.bin"
@@ -365,24 +366,36 @@ class IsolatedTarget:
         }
         return spec, path, data
 
-    def call(self, *args: Any) -> CallResult | CallFailure:
-        """Call the target on ``args`` (``TensorArg`` for tensors, plain data else)."""
+    def call(self, *args: Any, **kwargs: Any) -> CallResult | CallFailure:
+        """Call the target on ``args`` and keyword arguments ``kwargs`` (``TensorArg``
+        for tensors, plain data else); every tensor is read back after the call, so
+        ``input_modified`` covers them all."""
         if self.dead is not None:
             return CallFailure("crash", self.dead)
         assert self.process is not None
+        for name in kwargs:
+            if not name.isidentifier():
+                raise ValueError(f"a keyword argument name must be an identifier, got {name!r}")
         tensors: list[tuple[Path, bytes]] = []
-        message = []
-        for index, arg in enumerate(args):
-            if isinstance(arg, TensorArg):
-                spec, path, data = self.write_tensor(arg, index)
-                tensors.append((path, data))
-                message.append(spec)
-            else:
-                message.append(arg)
+
+        def plain(arg: Any, index: int) -> Any:
+            if not isinstance(arg, TensorArg):
+                return arg
+            spec, path, data = self.write_tensor(arg, index)
+            tensors.append((path, data))
+            return spec
+
+        message = [plain(arg, index) for index, arg in enumerate(args)]
+        keywords = {
+            name: plain(arg, len(args) + index) for index, (name, arg) in enumerate(kwargs.items())
+        }
+        request: dict[str, Any] = {"args": message}
+        if keywords:
+            request["kwargs"] = keywords
         try:
             start = time.perf_counter()
             try:
-                write_frame(self.request_fd, {"args": message})
+                write_frame(self.request_fd, request)
             except OSError:
                 return self.failed(
                     "crash", f"the worker was gone before the call: it {self.exit_text()}"

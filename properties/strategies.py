@@ -227,3 +227,186 @@ def swap_cases(draw: st.DrawFn) -> SwapCase:
         return SwapCase(weights, labels, packing.pack, packing.rank, num_gpus)
     places = draw(st.permutations([(g, r) for g in range(num_gpus) for r in range(cap)]))
     return SwapCase(weights, labels, [g for g, _ in places], [r for _, r in places], num_gpus)
+
+
+# --- rebalancing from an old placement ------------------------------------------------------
+
+
+@st.composite
+def placement_rows(draw: st.DrawFn, problem: BalancingProblem) -> list[int]:
+    """One valid layer placement, uniformly shaped: a random split of the groups over the
+    nodes, random counts inside each node, the node's slots in random order."""
+    from oracle.pipeline import node_experts
+
+    nodes, groups = problem.packing_nodes, problem.packing_groups
+    order = draw(st.permutations(range(groups)))
+    per = groups // nodes
+    row: list[int] = []
+    for node in range(nodes):
+        experts = node_experts(problem, order[node * per : (node + 1) * per])
+        spare = problem.slots_per_node - len(experts)
+        extra = draw(st.lists(st.sampled_from(experts), min_size=spare, max_size=spare))
+        row.extend(draw(st.permutations(experts + extra)))
+    return row
+
+
+@st.composite
+def rebalance_cases(
+    draw: st.DrawFn, max_gpus: int = 6, max_layers: int = 2
+) -> tuple[BalancingProblem, np.ndarray, np.ndarray]:
+    """A problem, an old placement and a new one (each random or the balancer's)."""
+    from impl.balancer import balance
+
+    experts, cluster = draw(
+        clusters(max_gpus=max_gpus).filter(lambda c: c[1].num_replicas // c[1].num_gpus <= 4)
+    )
+    layers = draw(st.integers(1, max_layers))
+    loads = np.asarray([draw(load_values(experts)) for _ in range(layers)], dtype=np.float64)
+    problem = BalancingProblem(loads, *cluster.as_tuple())
+    placements = []
+    for _ in range(2):
+        if draw(st.booleans()):
+            seed_variant = draw(st.booleans())
+            placements.append(
+                balance(problem, variant="refined" if seed_variant else "baseline").phy2log
+            )
+        else:
+            rows = [draw(placement_rows(problem)) for _ in range(layers)]
+            placements.append(np.asarray(rows, dtype=np.int64))
+    return problem, placements[0], placements[1]
+
+
+PREVIOUS_ORIGINS = ("random", "reference", "baseline", "target")
+"""Where the gate's old placements come from: a random valid placement, this project's
+reference or baseline on other loads, or the target itself on other loads."""
+
+
+@dataclass(frozen=True)
+class RebalanceCase:
+    """A rebalance the gate asks for, as plain data (a failing case is reported as is).
+
+    The new loads ``weight`` on the cluster, from the old placement ``previous``
+    (``[L, R]`` expert ids); for ``origin == "target"`` the old placement is the
+    target's own answer on ``previous_weight``, so ``previous`` is None until the gate
+    has asked the target. ``previous_weight`` is the loads the old placement was made
+    for (None for a random one).
+    """
+
+    weight: list[list[float]]
+    num_replicas: int
+    num_groups: int
+    num_nodes: int
+    num_gpus: int
+    origin: str
+    previous: list[list[int]] | None
+    previous_weight: list[list[float]] | None
+
+    @property
+    def cluster(self) -> tuple[int, int, int, int]:
+        return (self.num_replicas, self.num_groups, self.num_nodes, self.num_gpus)
+
+    @property
+    def problem(self) -> BalancingProblem:
+        return BalancingProblem(np.asarray(self.weight, dtype=np.float64), *self.cluster)
+
+    @property
+    def previous_problem(self) -> BalancingProblem | None:
+        if self.previous_weight is None:
+            return None
+        return BalancingProblem(np.asarray(self.previous_weight, dtype=np.float64), *self.cluster)
+
+
+@st.composite
+def rebalance_gate_cases(draw: st.DrawFn) -> RebalanceCase:
+    """Rebalances for the gate: small clusters of both policies (a third of them tiny
+    enough for the exact migration oracle: one layer, at most 6 experts and 8 slots),
+    integer loads (exact in every dtype, as engines count tokens), and an old placement
+    of every origin in ``PREVIOUS_ORIGINS``; the old loads are independent of the new
+    ones or the new ones with a few experts changed (what a real rebalance sees)."""
+    from impl.balancer import balance
+
+    if draw(st.integers(0, 2)) == 0:
+        experts = draw(st.integers(1, 6))
+        _, cluster = draw(
+            clusters(num_experts=experts, max_gpus=4).filter(
+                lambda c: c[1].num_replicas <= 8 and c[1].num_gpus >= 2
+            )
+        )
+        layers = 1
+    else:
+        experts, cluster = draw(
+            clusters(max_gpus=8).filter(lambda c: c[1].num_replicas // c[1].num_gpus <= 4)
+        )
+        layers = draw(st.integers(1, 2))
+    styles = st.sampled_from(INTEGER_STYLES)
+    loads = [draw(load_values(experts, draw(styles))) for _ in range(layers)]
+    if draw(st.booleans()):
+        old_loads = [draw(load_values(experts, draw(styles))) for _ in range(layers)]
+    else:
+        old_loads = [list(row) for row in loads]
+        for row in old_loads:
+            for index in draw(st.lists(st.integers(0, experts - 1), max_size=3)):
+                row[index] = float(draw(st.integers(0, 2**20)))
+    problem = BalancingProblem(np.asarray(loads, dtype=np.float64), *cluster.as_tuple())
+    origin = draw(st.sampled_from(PREVIOUS_ORIGINS))
+    previous: list[list[int]] | None = None
+    previous_weight: list[list[float]] | None = old_loads
+    if origin == "random":
+        previous, previous_weight = [draw(placement_rows(problem)) for _ in range(layers)], None
+    elif origin in ("reference", "baseline"):
+        old_problem = BalancingProblem(np.asarray(old_loads, dtype=np.float64), *cluster.as_tuple())
+        variant = "refined" if origin == "reference" else "baseline"
+        previous = balance(old_problem, variant=variant).phy2log.tolist()
+    return RebalanceCase(loads, *cluster.as_tuple(), origin, previous, previous_weight)
+
+
+@dataclass(frozen=True)
+class ScheduleCase:
+    """A transfer schedule the gate asks for: from ``previous`` to ``phy2log`` (``[L, R]``
+    expert ids, valid placements of the cluster for ``num_experts`` experts)."""
+
+    num_experts: int
+    num_replicas: int
+    num_groups: int
+    num_nodes: int
+    num_gpus: int
+    previous: list[list[int]]
+    phy2log: list[list[int]]
+
+    @property
+    def problem(self) -> BalancingProblem:
+        """The cluster's problem (the loads do not matter to a schedule: all ones)."""
+        loads = np.ones((len(self.previous), self.num_experts))
+        return BalancingProblem(
+            loads, self.num_replicas, self.num_groups, self.num_nodes, self.num_gpus
+        )
+
+
+@st.composite
+def schedule_cases(draw: st.DrawFn) -> ScheduleCase:
+    """Pairs of valid placements of one cluster (random or a balancer's), the new one
+    as a rebalance makes it half of the time (relabeled for the fewest transfers and
+    slot-preserved), so that both many and few transfers are scheduled."""
+    from impl.migration import migrate
+    from spec.migration import network_nodes
+    from spec.problem import Policy
+
+    problem, old, new = draw(rebalance_cases(max_gpus=8, max_layers=2))
+    if draw(st.booleans()):
+        new = migrate(
+            old,
+            new,
+            num_experts=problem.num_experts,
+            num_gpus=problem.num_gpus,
+            num_nodes=network_nodes(problem),
+            keep_nodes=problem.policy is Policy.HIERARCHICAL,
+        ).phy2log
+    return ScheduleCase(
+        problem.num_experts,
+        problem.num_replicas,
+        problem.num_groups,
+        problem.num_nodes,
+        problem.num_gpus,
+        np.asarray(old).tolist(),
+        np.asarray(new).tolist(),
+    )

@@ -375,17 +375,19 @@ def in_process(function: Callable[..., Any]) -> Caller:
         tensor = torch.from_numpy(np.ascontiguousarray(stored.astype(np.dtype(arg.dtype))))
         return tensor if arg.contiguous else tensor.t()
 
-    def call(*args: Any) -> CallResult | CallFailure:
+    def call(*args: Any, **kwargs: Any) -> CallResult | CallFailure:
         built = [build(a) if isinstance(a, TensorArg) else a for a in args]
-        before = [a.clone() if isinstance(a, torch.Tensor) else None for a in built]
+        keywords = {k: build(a) if isinstance(a, TensorArg) else a for k, a in kwargs.items()}
+        everything = [*built, *keywords.values()]
+        before = [a.clone() if isinstance(a, torch.Tensor) else None for a in everything]
         start = time.perf_counter()
         try:
-            value = function(*built)
+            value = function(*built, **keywords)
         except Exception as error:
             return CallFailure("raised", f"{type(error).__name__}: {error}", type(error).__name__)
         seconds = time.perf_counter() - start
         modified = any(
-            b is not None and not torch.equal(a, b) for a, b in zip(built, before, strict=True)
+            b is not None and not torch.equal(a, b) for a, b in zip(everything, before, strict=True)
         )
         return CallResult(decode_frame(encode(value)), seconds, modified, kinds_of(value))
 

@@ -152,9 +152,10 @@ def serve(request_fd: int, reply_fd: int) -> None:
         except EOFError:
             return
         args = [builder.build(a) for a in message["args"]]
+        kwargs = {str(k): builder.build(v) for k, v in message.get("kwargs", {}).items()}
         start = time.perf_counter()
         try:
-            value = function(*args)
+            value = function(*args, **kwargs)
         except BaseException as error:  # SystemExit and KeyboardInterrupt included
             text = "".join(traceback.format_exception_only(type(error), error)).strip()
             reply: dict[str, Any] = {
@@ -169,7 +170,7 @@ def serve(request_fd: int, reply_fd: int) -> None:
                 reply["returned"] = kinds_of(value)
             except BaseException:
                 reply["returned"] = "an object that cannot be described"
-        del args
+        del args, kwargs
         try:
             write_frame(reply_fd, reply)
         except BaseException as error:

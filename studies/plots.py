@@ -687,6 +687,63 @@ def gate_figure(report: Mapping[str, Any], *, data: str | None = None, fast: boo
     return figure
 
 
+# --- rebalancing: peak against transfers -------------------------------------------------
+
+INTERVAL_LABEL = "the fewest transfers lie in this band (oracle: certified interval)"
+FOUND_LABEL = "fewest found (a placement the oracle built and checked)"
+PROVEN_LABEL = "certified lower bound on the fewest"
+WAY_STYLES: dict[str, tuple[str, str, str]] = {
+    "stateless": ("X", "tab:red", "stateless rebalance = slot preservation alone (vLLM)"),
+    "relabeled": ("*", REFERENCE_COLOR, "relabeling optimum (same GPU loads as stateless)"),
+    "old": ("s", "black", "keep the old placement (no transfer)"),
+}
+
+
+def tradeoff_figure(curves: Sequence[Any]) -> Figure:
+    """Peak against transfers for a few layers (``studies.migration.TradeoffFigures``):
+    for each budget ``(1 + eps) x`` the best known peak, the oracle's certified interval
+    on the fewest transfers of a placement within it (a band between the certified lower
+    bound and the best placement found), and where the stateless rebalance, the
+    relabeling optimum and the old placement land (peak over the best known, transfers).
+    """
+    require_matplotlib()
+    if not curves:
+        raise ValueError("tradeoff_figure needs at least one curve")
+    figure = new_figure(max(10.0, 5.2 * len(curves)), 5.0)
+    grid = figure.subplots(1, len(curves), squeeze=False)[0]
+    for axes, curve in zip(grid, curves, strict=True):
+        points = [p for p in curve.points if p.lower is not None]
+        x = [p.budget_over_best for p in points]
+        lower = [float(p.lower) for p in points]
+        upper = [float("nan") if p.upper is None else float(p.upper) for p in points]
+        axes.fill_between(x, lower, upper, color=OPTIMUM_COLOR, alpha=0.3, label=INTERVAL_LABEL)
+        axes.plot(x, upper, "o-", color=OPTIMUM_COLOR, markersize=4, label=FOUND_LABEL)
+        axes.plot(x, lower, "v--", color="tab:gray", markersize=4, label=PROVEN_LABEL)
+        for way, (marker, color, label) in WAY_STYLES.items():
+            axes.plot(
+                [curve.peaks[way]],
+                [curve.transfers[way]],
+                marker,
+                color=color,
+                markersize=11 if marker == "*" else 8,
+                linestyle="none",
+                label=label,
+            )
+        axes.set_xlabel("peak GPU load / best known peak (budget 1 + eps)")
+        axes.set_ylabel("transfers ((expert, GPU) pairs that arrive)")
+        axes.set_title(f"layer {curve.layer}", fontsize=10)
+        axes.set_ylim(bottom=0)
+    first = curves[0]
+    figure.suptitle(
+        f"rebalancing from the placement of {first.old} to the loads of {first.new}:\n"
+        "the fewest transfers for a peak within (1 + eps) x the best known, per layer",
+        fontsize=11,
+    )
+    handles, labels = grid[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    return figure
+
+
 # --- writers and the command line ---------------------------------------------------------
 
 
@@ -774,4 +831,5 @@ __all__ = [
     "save_figure",
     "trace_figure",
     "trace_quality",
+    "tradeoff_figure",
 ]

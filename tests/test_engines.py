@@ -23,6 +23,7 @@ from properties.engines import (
     ENGINES,
     SglangAlgorithm,
     VllmPolicy,
+    VllmScheduler,
     fetch,
     find_engine,
     parse_target,
@@ -235,6 +236,36 @@ def test_vllm_policy_is_called_like_eplb_state_calls_it(cache: Path) -> None:
     )
     assert call["old_global_expert_indices"] is None
     assert result is policy_module.RESULTS[-1]  # phy2log alone, unchanged
+
+
+def test_vllm_policy_gets_the_old_placement_sixth_as_eplb_state_passes_it(cache: Path) -> None:
+    adapter = vllm_adapter()
+    assert adapter.previous_argument == "previous"
+    old = torch.arange(8).remainder(4).repeat(2, 1)
+    vllm_adapter().load()(WEIGHT, 8, 2, 1, 4, previous=old)
+    policy_module = sys.modules["vllm.distributed.eplb.policy.default"]
+    call: dict[str, Any] = policy_module.CALLS[-1]
+    assert call["old_global_expert_indices"] is old
+    assert call["weight"] is WEIGHT
+
+
+def test_vllm_migration_scheduler_is_called_like_the_async_worker_calls_it(cache: Path) -> None:
+    adapter = find_engine("vllm@0.0.1:migration_scheduler")
+    assert isinstance(adapter, VllmScheduler)
+    assert (adapter.kind, adapter.exchanges) == ("schedule", False)
+    assert adapter.source.name == "migration_scheduler.py"
+    old = torch.arange(8).remainder(4).repeat(2, 1)
+    new = old.flip(1)
+    transfers, num_batches = adapter.load()(old, new, 4, 4, 1)
+    module = sys.modules["vllm.distributed.eplb.migration_scheduler"]
+    call = module.CALLS[-1]
+    assert call["num_local_experts"] == 2  # slots per rank: 8 replicas on 4 ranks
+    assert np.array_equal(call["old"], old.numpy())
+    assert np.array_equal(call["new"], new.numpy())
+    # Each flow's experts, in vLLM's order, as (layer, batch, expert, source, destination).
+    assert transfers.tolist() == [[0, 0, 3, 0, 1], [0, 0, 2, 0, 1], [0, 0, 5, 2, 3]]
+    assert num_batches.tolist() == [1, 0]
+    assert "migration_scheduler" not in " ".join(pinned_targets())  # not a balancer
 
 
 @pytest.mark.parametrize("algorithm", ["deepseek", "deepseek_hierarchical", "deepseek_vec"])

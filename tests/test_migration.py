@@ -18,15 +18,17 @@ from impl import balance, migrate, rebalance_experts, relabel_gpus, schedule_tra
 from impl.migration import apply_slot_map, keep_slots, slots_of_gpus
 from oracle.cpsat import SolverSettings
 from oracle.migration import (
+    analytical_lower_bounds,
+    analytical_node_bound,
     fewest_transfers_exact,
     fewest_transfers_interval,
     peak_budget,
     placement_peak,
     tradeoff_curve,
 )
-from oracle.pipeline import node_experts
+from oracle.pipeline import node_experts, splits_of
 from oracle.result import Status
-from properties.strategies import clusters, load_values
+from properties.strategies import load_values, placement_rows, rebalance_cases
 from spec import (
     BalancingProblem,
     MigrationCode,
@@ -47,50 +49,6 @@ from spec.migration import exact_gpu_loads, gpu_expert_counts
 from spec.placement import placement_from_phy2log
 
 IntArray = npt.NDArray[np.int64]
-
-
-# ---------------------------------------------------------------------------------------
-# Strategies
-
-
-@st.composite
-def placement_rows(draw: st.DrawFn, problem: BalancingProblem) -> list[int]:
-    """One valid layer placement, uniformly shaped: a random split of the groups over the
-    nodes, random counts inside each node, the node's slots in random order."""
-    nodes, groups = problem.packing_nodes, problem.packing_groups
-    order = draw(st.permutations(range(groups)))
-    per = groups // nodes
-    row: list[int] = []
-    for node in range(nodes):
-        experts = node_experts(problem, order[node * per : (node + 1) * per])
-        spare = problem.slots_per_node - len(experts)
-        extra = draw(st.lists(st.sampled_from(experts), min_size=spare, max_size=spare))
-        row.extend(draw(st.permutations(experts + extra)))
-    return row
-
-
-@st.composite
-def rebalance_cases(
-    draw: st.DrawFn, max_gpus: int = 6, max_layers: int = 2
-) -> tuple[BalancingProblem, IntArray, IntArray]:
-    """A problem, an old placement and a new one (each random or the balancer's)."""
-    experts, cluster = draw(
-        clusters(max_gpus=max_gpus).filter(lambda c: c[1].num_replicas // c[1].num_gpus <= 4)
-    )
-    layers = draw(st.integers(1, max_layers))
-    loads = np.asarray([draw(load_values(experts)) for _ in range(layers)], dtype=np.float64)
-    problem = BalancingProblem(loads, *cluster.as_tuple())
-    placements = []
-    for _ in range(2):
-        if draw(st.booleans()):
-            seed_variant = draw(st.booleans())
-            placements.append(
-                balance(problem, variant="refined" if seed_variant else "baseline").phy2log
-            )
-        else:
-            rows = [draw(placement_rows(problem)) for _ in range(layers)]
-            placements.append(np.asarray(rows, dtype=np.int64))
-    return problem, placements[0], placements[1]
 
 
 def sizes(problem: BalancingProblem) -> dict[str, int]:
@@ -625,18 +583,58 @@ def test_the_migration_oracle_equals_brute_force(
         answer = fewest_transfers_exact(
             problem, 0, previous, budget, SolverSettings(time_limit_s=20)
         )
+        (analytical,) = analytical_lower_bounds(problem, 0, [previous[0]], budget)
         if not within:
             assert answer.result.status is Status.INFEASIBLE
             continue
+        assert analytical is not None  # None only where no placement meets the budget
         fewest = min(cost_triple(problem, previous[0], np.asarray(row))[0] for row in within)
         assert answer.result.status is Status.OPTIMAL
         assert answer.result.objective == fewest
         assert answer.phy2log is not None
         assert placement_peak(problem, 0, answer.phy2log) <= budget
         interval = fewest_transfers_interval(problem, 0, previous, budget)
-        assert interval.result.bound <= fewest
+        assert analytical <= interval.result.bound <= fewest
         if interval.result.objective is not None:
             assert interval.result.objective >= fewest
+
+
+@given(rebalance_cases(max_gpus=8, max_layers=1), st.sampled_from([Fraction(1), Fraction(11, 10)]))
+@settings(max_examples=40)
+def test_the_shared_analytical_bounds_equal_the_per_node_ones(
+    case: tuple[BalancingProblem, IntArray, IntArray], slack: Fraction
+) -> None:
+    """``analytical_lower_bounds`` (block requirements shared between old placements,
+    old holders counted with arrays) against ``analytical_node_bound`` per (block, node)
+    on the old placement's own GPU contents, minimised over every split and matching."""
+    problem, old, new = case
+    budget = slack * placement_peak(problem, 0, new[0].tolist())
+    shared = analytical_lower_bounds(problem, 0, [old[0], new[0]], budget)
+    cap, per = problem.slots_per_gpu, problem.gpus_per_node
+    for row, bound in zip((old[0], new[0]), shared, strict=True):
+        best: int | None = None
+        for split in splits_of(problem):
+            for nodes in itertools.permutations(range(problem.packing_nodes)):
+                total = 0
+                for block, node in zip(split, nodes, strict=True):
+                    experts = node_experts(problem, block)
+                    held = [
+                        [e in set(row[g * cap : (g + 1) * cap].tolist()) for e in experts]
+                        for g in range(node * per, (node + 1) * per)
+                    ]
+                    value = analytical_node_bound(
+                        [Fraction(problem.loads[0, e]) for e in experts],
+                        held,
+                        problem.slots_per_node,
+                        budget,
+                    )
+                    if value is None:
+                        break
+                    total += value
+                else:
+                    best = total if best is None else min(best, total)
+        assert bound == best
+    assert shared[1] == 0  # the placement that sets the budget needs nothing
 
 
 def test_the_tradeoff_curve_falls_to_zero_and_brackets_the_exact_answer() -> None:
