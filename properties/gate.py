@@ -156,18 +156,6 @@ THOROUGH = Budget(
 )
 
 
-@dataclass
-class GateFinding:
-    """One cause: a check broken, how often it was seen, and the smallest input."""
-
-    check: str
-    code: str
-    message: str
-    count: int
-    input: dict[str, Any] | None
-    note: str = ""
-
-
 @dataclass(frozen=True)
 class TraceResult:
     trace: str
@@ -205,7 +193,7 @@ def printable(text: str, limit: int = 400) -> str:
 class GateReport:
     target: str
     verdict: str = "pass"
-    findings: list[GateFinding] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
     checks: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     header: dict[str, Any] = field(default_factory=dict)
@@ -217,7 +205,7 @@ class GateReport:
     schedule: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def violations(self) -> list[GateFinding]:
+    def violations(self) -> list[Finding]:
         """The findings (the name of earlier versions)."""
         return self.findings
 
@@ -236,7 +224,7 @@ class GateReport:
                     entry.input, entry.message = where, finding.message
                 return
         self.findings.append(
-            GateFinding(finding.check, finding.code, finding.message, 1, where, note)
+            Finding(finding.check, finding.message, finding.code, input=where, note=note)
         )
 
     def summary(self) -> str:
@@ -256,7 +244,7 @@ class GateReport:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        findings = [asdict(f) for f in self.findings]
+        findings = [f.to_json() for f in self.findings]
         return {
             "format": 2,
             "target": self.target,

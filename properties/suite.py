@@ -35,14 +35,39 @@ class OracleContradiction(Exception):
 
 
 class Finding(Exception):
-    """An implementation broke a property; ``check`` names which, ``code`` the finer
-    cause (a contract violation code, a bad-input case; the check itself otherwise)."""
+    """What an implementation did wrong, the one word for it in the kit: ``check`` names
+    the property it broke, ``code`` the finer cause (a contract violation code, a
+    bad-input case; the check itself otherwise), ``message`` what and where. A property
+    raises it; a report keeps it with ``count`` (how often the same cause was seen),
+    ``input`` (the smallest input that showed it) and a ``note``."""
 
-    def __init__(self, check: str, message: str, code: str | None = None) -> None:
+    def __init__(
+        self,
+        check: str,
+        message: str,
+        code: str | None = None,
+        *,
+        count: int = 1,
+        input: dict[str, Any] | None = None,
+        note: str = "",
+    ) -> None:
         super().__init__(f"[{check}] {message}")
         self.check = check
         self.message = message
         self.code = code or check
+        self.count = count
+        self.input = input
+        self.note = note
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "code": self.code,
+            "message": self.message,
+            "count": self.count,
+            "input": self.input,
+            "note": self.note,
+        }
 
 
 @dataclass(frozen=True)

@@ -212,7 +212,9 @@ def test_the_reference_gets_the_documented_metrics(reference_twice: list[dict[st
     assert 0 < result["balancedness"] <= 1
     assert 1 <= result["peak_over_bound_mean"] <= result["peak_over_bound_max"] < 1.05
     assert result["duplicate_gpus"] == 0
-    assert 0 <= result["optimality_gap_max"] < 1e-3
+    # the reference is not optimal on tiny problems: +60 % is its worst known gap
+    # (tests/test_properties.py::test_pinned_worst_gaps)
+    assert 0 <= result["optimality_gap_mean"] <= result["optimality_gap_max"] <= 0.6 + 1e-9
     assert result["optimality_layers"] > 0
     assert result["seconds_per_call"] > 0
     assert result["fast_seconds_per_call"] > 0

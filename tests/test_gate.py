@@ -3,6 +3,7 @@ with the right check."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from fractions import Fraction
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from eplb_spec.cli import main
+from eplb_spec.cli import build_parser, main
 from properties import gate
 from properties.gate import SECTIONS, GateReport, run_gate
 
@@ -182,3 +183,11 @@ def test_command_line_values_are_checked_before_any_work(tmp_path: Path) -> None
     assert main(["gate", "--timeout", "inf"]) == 2
     assert main(["gate", "--max-gap", "nan"]) == 2
     assert main(["gate", "--json", str(tmp_path / "no" / "such" / "dir" / "r.json")]) == 2
+
+
+def test_the_command_line_help_names_every_section() -> None:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    checks = next(a for a in commands.choices["gate"]._actions if a.dest == "checks")
+    assert checks.help is not None
+    listed = checks.help.split("(default: all):")[1]
+    assert [s.strip() for s in listed.split(",")] == list(SECTIONS)
