@@ -88,6 +88,8 @@ from properties.suite import (
     check_optimality,
     check_refinement_a,
     check_refinement_b,
+    number,
+    percent,
 )
 from properties.workloads import TRACE_CLUSTER, default_workloads
 from spec.objectives import balancedness, gpu_loads, gpus_with_duplicate_replicas, peak_gpu_load
@@ -1087,8 +1089,9 @@ def gate_report_text(report: GateReport) -> str:
         o = report.optimality
         lines.append(
             f"  tiny problems vs the proven optimum: {o['layers_compared']} layers, "
-            f"{o['at_optimum']} at the optimum, mean gap {o['mean_gap']:.2%}, "
-            f"max gap {o['max_gap']:.2%} (peak {o['max_gap_peak']:g} vs {o['max_gap_optimum']})"
+            f"{o['at_optimum']} at the optimum, mean gap {percent(o['mean_gap'])}, "
+            f"max gap {percent(o['max_gap'])} "
+            f"(peak {number(o['max_gap_peak'])} vs {o['max_gap_optimum']})"
         )
     if report.traces:
         lines.append(

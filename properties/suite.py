@@ -70,6 +70,20 @@ class Finding(Exception):
         }
 
 
+def percent(fraction: float) -> str:
+    """A share as a percentage, never rounding a nonzero gap to 0.00%."""
+    if 0 < fraction < 5e-5:
+        return "<0.01%"
+    return f"{fraction:.2%}"
+
+
+def number(value: float) -> str:
+    """A load as written: integers in full, other values to 12 significant digits."""
+    if math.isfinite(value) and value == int(value) and abs(value) < 2**63:
+        return str(int(value))
+    return f"{value:.12g}"
+
+
 @dataclass(frozen=True)
 class Outputs:
     phy2log: Any
@@ -320,8 +334,8 @@ def check_optimality(
         ):
             raise Finding(
                 "optimality",
-                f"layer {layer}: peak {peak:g} is {gap.relative:.2%} above the optimum "
-                f"{float(reference):g} (limit {max_gap_percent:g}%)",
+                f"layer {layer}: peak {number(peak)} is {percent(gap.relative)} above the "
+                f"optimum {reference} (limit {max_gap_percent:g}%)",
                 "max-gap",
             )
     return gaps

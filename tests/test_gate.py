@@ -191,3 +191,22 @@ def test_the_command_line_help_names_every_section() -> None:
     assert checks.help is not None
     listed = checks.help.split("(default: all):")[1]
     assert [s.strip() for s in listed.split(",")] == list(SECTIONS)
+
+
+def test_the_optimality_line_shows_a_tiny_gap_and_the_exact_peak() -> None:
+    report = GateReport(target="t")
+    peak, optimum = 1048577.0, Fraction(3145729, 3)
+    gap = peak / float(optimum) - 1
+    report.optimality = {
+        "layers_compared": 3,
+        "at_optimum": 2,
+        "mean_gap": gap / 3,
+        "max_gap": gap,
+        "max_gap_peak": peak,
+        "max_gap_optimum": str(optimum),
+    }
+    line = next(x for x in gate.gate_report_text(report).splitlines() if "tiny problems" in x)
+    assert "mean gap <0.01%, max gap <0.01% (peak 1048577 vs 3145729/3)" in line
+    report.optimality.update(max_gap=0.25, mean_gap=0.0, max_gap_peak=2.5)
+    line = next(x for x in gate.gate_report_text(report).splitlines() if "tiny problems" in x)
+    assert "mean gap 0.00%, max gap 25.00% (peak 2.5 vs 3145729/3)" in line
