@@ -51,6 +51,22 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+MIN_MEMORY_MB, MAX_MEMORY_MB = 256, 1 << 24
+
+
+def reference_name(text: str) -> str:
+    """A name ``--same-as`` knows (``properties.fidelity.REFERENCES``)."""
+    from properties.fidelity import REFERENCES, reference_named
+
+    try:
+        reference_named(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(sorted(REFERENCES))}, got {text!r}"
+        ) from None
+    return text
+
+
 def finite_float(low: float, high: float, *, strict_low: bool, what: str) -> Callable[[str], float]:
     """A finite float in ``(low, high]`` (``[low, high]`` unless ``strict_low``)."""
 
@@ -189,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate = commands.add_parser(
         "gate",
         help="check an EPLB implementation against the spec and the oracle",
-        description="Exit status 0: no violation; 1: violations; 2: the target cannot be "
-        "imported or the arguments are wrong.",
+        description="Exit status 0: pass; 1: findings; 2: the target cannot be imported or "
+        "an argument is wrong; 3: an internal error of the gate; 130: interrupted.",
     )
     gate.add_argument(
         "--impl",
@@ -263,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument(
         "--same-as",
         metavar="REFERENCE",
+        type=reference_name,
         help="fidelity mode: compare the target's placements with a reference's, step by "
         "step (refined, refined-without-a, refined-without-b, refined-without-refinements, "
         "baseline)",
@@ -274,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gate.add_argument(
         "--memory-mb",
-        type=int,
+        type=bounded_int(MIN_MEMORY_MB, MAX_MEMORY_MB),
         default=4096,
         help="address-space limit of the target's process, in MB (default 4096)",
     )
@@ -416,8 +433,27 @@ def run_gate_command(args: argparse.Namespace) -> int:
     def sections(text: str | None) -> list[str] | None:
         return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
 
+    if args.same_as is None and args.tolerate_ties:
+        raise ValueError("--tolerate-ties applies to the fidelity mode: give --same-as REFERENCE")
     if args.same_as is not None:
         from properties.gate import same_as_main
+
+        not_in_fidelity = {
+            "--max-gap": args.max_gap,
+            "--checks": args.checks,
+            "--skip": args.skip,
+            "--refine-a": args.refine_a,
+            "--refine-b": args.refine_b,
+            "--previous": getattr(args, "previous", None),
+            "--schedule": getattr(args, "schedule", None),
+            "--no-exchanges": getattr(args, "no_exchanges", None),
+        }
+        given = [option for option, value in not_in_fidelity.items() if value is not None]
+        if given:
+            raise ValueError(
+                f"--same-as runs the fidelity mode alone; {', '.join(given)} belong to the "
+                "gate's checks (run them without --same-as)"
+            )
 
         return same_as_main(
             args.impl,
@@ -544,7 +580,10 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[OneLineParser]) -
         "--timeout", type=float, default=30.0, help="seconds per call (default 30)"
     )
     evaluate.add_argument(
-        "--memory-mb", type=int, default=4096, help="address-space limit of a program (MB)"
+        "--memory-mb",
+        type=bounded_int(MIN_MEMORY_MB, MAX_MEMORY_MB),
+        default=4096,
+        help="address-space limit of a program (MB)",
     )
     evaluate.add_argument("--data", help="folder of trace *.json files")
     evaluate.add_argument(
@@ -568,8 +607,9 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[OneLineParser]) -
     bench.add_argument("--repeats", type=int, default=1, help="runs per backend (default 1)")
     bench.add_argument(
         "--backends",
-        default="pool:1,pool:2,dask:2",
-        help="comma-separated pool:N / dask:N (default pool:1,pool:2,dask:2)",
+        default=None,
+        help="comma-separated pool:N / dask:N (default pool:1,pool:2,dask:2; without "
+        "Dask installed, pool:1,pool:2 and a note)",
     )
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     bench.set_defaults(handler=run_evaluate_bench)

@@ -45,6 +45,7 @@ from typing import Any, TextIO
 from properties.distribute import Backend, choose_backend, run_jobs
 from properties.gate import (
     BUG_REPORT,
+    NEEDS,
     QUICK,
     THOROUGH,
     Budget,
@@ -158,9 +159,17 @@ class Settings:
 
     @property
     def sections(self) -> tuple[str, ...]:
-        """The gate's sections that run (the refinement ones need targets of their own)."""
+        """The gate's sections that run. A program is one stateless balancer, so the
+        sections that need an old placement or another target (rebalance, schedule and
+        the refinements) do not."""
         chosen = choose_sections(self.checks, self.skip)
-        return tuple(s for s in chosen if not s.startswith("refinement"))
+        runs = tuple(s for s in chosen if s not in NEEDS)
+        if not runs:
+            raise ValueError(
+                f"no section to run: {', '.join(chosen) or 'none chosen'} need(s) an old "
+                "placement or a target of their own, which evaluate does not take"
+            )
+        return runs
 
     def signature(self) -> dict[str, Any]:
         return {
@@ -495,8 +504,7 @@ def evaluate_copy(
         report = run_gate(
             f"{path}:{function}",
             budget=settings.budget,
-            checks=settings.checks,
-            skip=settings.skip,
+            checks=settings.sections,
             timeout_s=settings.timeout_s,
             memory_mb=settings.memory_mb,
             data=settings.data,

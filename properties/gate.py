@@ -253,7 +253,6 @@ class GateReport:
             "verdict": self.verdict,
             "header": self.header,
             "findings": findings,
-            "violations": findings,
             "checks": self.checks,
             "notes": self.notes,
             "bad_inputs": self.bad_inputs,
@@ -525,9 +524,12 @@ def run_sections(run: GateRun, chosen: Collection[str]) -> None:
     def optimality(problem: BalancingProblem, state: Hunt) -> None:
         soft = SoftFindings(state, problem)
         dtype = run.dtype_for(problem.loads)
-        found = check_optimality(call, problem, run.max_gap_percent, soft, dtype)
-        if not state.failed:
-            run.gaps.extend(found)
+        found: list[Gap] = []
+        try:
+            check_optimality(call, problem, run.max_gap_percent, soft, dtype, seen=found)
+        finally:  # the first example above the limit counts in the summary too
+            if not state.failed:
+                run.gaps.extend(found)
         if currently_in_test_context():  # not for the hand-picked problems
             steer_towards(max((g.relative for g in found), default=0.0), label="gap to optimum")
 
@@ -891,6 +893,39 @@ def choose_sections(
     return tuple(s for s in wanted if s not in set(skip or ()))
 
 
+# The sections that need something besides the target, and the option that gives it.
+NEEDS = {
+    "rebalance": "--previous (how the target takes an old placement)",
+    "schedule": "--schedule TARGET",
+    "refinement-a": "--refine-a TARGET",
+    "refinement-b": "--refine-b TARGET",
+}
+
+
+def sections_that_run(
+    chosen: Collection[str],
+    checks: Collection[str] | None,
+    available: dict[str, bool],
+    given: dict[str, bool],
+) -> tuple[str, ...]:
+    """The chosen sections that can run: a section of ``NEEDS`` runs when what it
+    needs is ``available``. Asking for one by ``--checks`` without it, giving an option
+    whose section is left out, or leaving nothing to run is a ValueError, never a run
+    that passes without checking what was asked."""
+    for section, option in NEEDS.items():
+        if checks is not None and section in checks and not available[section]:
+            raise ValueError(f"--checks {section} needs {option}")
+        if given[section] and section not in chosen:
+            flag = option.split(" ")[0]
+            raise ValueError(
+                f"{flag} is given but the {section} section is left out by --checks/--skip"
+            )
+    runs = tuple(s for s in chosen if s not in NEEDS or available[s])
+    if not runs:
+        raise ValueError("nothing to check: --checks/--skip leave no section that can run")
+    return runs
+
+
 def run_gate(
     target: str = DEFAULT_TARGET,
     *,
@@ -945,6 +980,24 @@ def run_gate(
         )
     argument = how_previous(previous, engine)
     exchanges = None if schedule is None else schedule_rule(schedule, schedule_exchanges)
+    if schedule_exchanges is not None and schedule is None:
+        raise ValueError("--no-exchanges applies to a schedule: give --schedule TARGET")
+    chosen = sections_that_run(
+        chosen,
+        checks,
+        available={
+            "rebalance": argument is not None,
+            "schedule": schedule is not None,
+            "refinement-a": refine_a is not None,
+            "refinement-b": refine_b is not None,
+        },
+        given={
+            "rebalance": previous is not None,
+            "schedule": schedule is not None,
+            "refinement-a": refine_a is not None,
+            "refinement-b": refine_b is not None,
+        },
+    )
     failures = FailureCount()
     with IsolatedTarget(
         target,

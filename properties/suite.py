@@ -159,16 +159,20 @@ def check_contract(
         raise Finding("input-unmodified", "the implementation changed its weight tensor")
     outputs = read_outputs(result, problem)
     arrays = {}
+    notes: dict[str, list[str]] = {}  # one finding for all outputs of the same type
     for name in ("phy2log", "log2phy", "logcnt"):
         array, note = as_int_array(getattr(outputs, name))
         if array is None:
             raise Finding("contract", f"[dtype] {name} {note}", "dtype")
         if note is not None:
-            finding = Finding("dtype", f"{name} {note}", "dtype")
-            if soft is None:
-                raise finding
-            soft.append(finding)
+            notes.setdefault(note, []).append(name)
         arrays[name] = array
+    if notes:
+        message = "; ".join(f"{', '.join(names)} {note}" for note, names in notes.items())
+        finding = Finding("dtype", message, "dtype")
+        if soft is None:
+            raise finding
+        soft.append(finding)
     outputs = Outputs(**arrays, derived=outputs.derived, returned=outputs.returned)
     violations = check_placement(problem, outputs.phy2log, outputs.log2phy, outputs.logcnt)
     if violations:
@@ -295,10 +299,13 @@ def check_optimality(
     max_gap_percent: float | None,
     soft: list[Finding] | None = None,
     dtype: str = "float64",
+    seen: list[Gap] | None = None,
 ) -> list[Gap]:
     """Per layer: the peak is within ``max_gap_percent`` of the optimum when a limit is
-    set and the optimum is proven. A valid placement below the oracle's proven bound
-    raises ``OracleContradiction``: that is a fault of this project, not of the target.
+    set and the optimum is proven. ``seen``, when given, receives each layer's gap as it
+    is measured, the one above the limit included (the returned list is lost on a
+    raise). A valid placement below the oracle's proven bound raises
+    ``OracleContradiction``: that is a fault of this project, not of the target.
 
     The oracle solves the contract's problem: under the hierarchical policy it tries
     every split of the groups over the nodes that ``check_placement`` accepts, unequal
@@ -313,7 +320,7 @@ def check_optimality(
     peaks = peak_gpu_load(
         problem.loads, np.asarray(outputs.phy2log), np.asarray(outputs.logcnt), problem.num_gpus
     )
-    gaps = []
+    gaps: list[Gap] = [] if seen is None else seen
     for layer in range(problem.num_layers):
         answer = optimal_layer(problem, layer).result
         peak = float(peaks[layer])
@@ -338,7 +345,7 @@ def check_optimality(
                 f"optimum {reference} (limit {max_gap_percent:g}%)",
                 "max-gap",
             )
-    return gaps
+    return list(gaps)
 
 
 @dataclass(frozen=True)

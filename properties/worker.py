@@ -48,7 +48,12 @@ def load_target(target: str) -> Callable[..., Any]:
     if engine is not None:
         return engine.load()
     if ":" not in target:
-        raise TargetError(f"target {target!r} must look like module:function or file.py:function")
+        from properties.engines import ENGINES
+
+        raise TargetError(
+            f"target {target!r} must look like module:function or file.py:function, or "
+            f"name a built-in engine ({', '.join(ENGINES)}; e.g. vllm, sglang:deepseek)"
+        )
     location, _, name = target.rpartition(":")
     try:
         if location.endswith(".py") or "/" in location:

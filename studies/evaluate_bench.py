@@ -203,11 +203,28 @@ def memory_per_evaluation(path: str) -> dict[str, float]:
         }
 
 
+DEFAULT_BACKENDS = "pool:1,pool:2,dask:2"
+
+
+def default_backends() -> tuple[str, str]:
+    """The backends a plain run measures, and a note when Dask's is left out."""
+    if importlib.util.find_spec("distributed") is None:
+        note = "Dask is not installed, so dask:2 is left out (pip install 'eplb-spec[dask]')"
+        return "pool:1,pool:2", note
+    return DEFAULT_BACKENDS, ""
+
+
 def run_evaluate_benchmark(
-    candidates: int, repeats: int, backends: str, json_path: str | None
+    candidates: int, repeats: int, backends: str | None, json_path: str | None
 ) -> int:
+    """``backends`` None: the default list, leaving Dask out (and saying so) when it is
+    not installed; a Dask backend asked for by name without Dask is an error."""
     if candidates < 1 or repeats < 1:
         raise ValueError("--candidates and --repeats must be at least 1")
+    if backends is None:
+        backends, note = default_backends()
+        if note:
+            print(f"eplb-spec evaluate-bench: note: {note}")
     specs = [s.strip() for s in backends.split(",") if s.strip()]
     for spec in specs:
         if spec.startswith("dask") and importlib.util.find_spec("distributed") is None:

@@ -400,6 +400,21 @@ def test_settings_are_part_of_the_key(programs: Path) -> None:
     assert os.path.basename(candidate.program) == "a_reference.py"
 
 
+def test_the_sections_listed_are_the_sections_that_run() -> None:
+    """A program is a stateless balancer: the sections that need an old placement or
+    another target never run, so they are not listed, and choosing only them is refused."""
+    assert Settings().sections == (
+        "contract",
+        "deterministic",
+        "input-forms",
+        "optimality",
+        "bad-input",
+        "traces",
+    )
+    with pytest.raises(ValueError, match="no section to run"):
+        make_settings(checks=["rebalance", "schedule"])
+
+
 def test_a_batch_through_ray_survives_a_killed_worker(
     programs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -467,3 +482,22 @@ def test_the_last_line_per_program_wins(tmp_path: Path) -> None:
     out.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"key": "k3", "tor')
     assert sorted(iter_results(out), key=lambda x: str(x["key"])) == [lines[2], lines[1]]
     assert finished_keys(out) == {"k1", "k2"}
+
+
+def test_the_benchmark_leaves_dask_out_when_it_is_missing_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    from studies import evaluate_bench
+
+    assert evaluate_bench.default_backends() == (evaluate_bench.DEFAULT_BACKENDS, "")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "distributed" else real(name)
+    )
+    backends, note = evaluate_bench.default_backends()
+    assert backends == "pool:1,pool:2"
+    assert "Dask is not installed" in note
+    with pytest.raises(ValueError, match="dask:2 needs Dask"):
+        evaluate_bench.run_evaluate_benchmark(1, 1, "pool:1,dask:2", None)

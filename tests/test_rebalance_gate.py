@@ -15,7 +15,7 @@ from eplb_spec.cli import main
 from impl import rebalance_experts
 from impl.migration import apply_slot_map, keep_slots
 from properties.engines import find_engine
-from properties.gate import QUICK, GateReport, run_gate
+from properties.gate import QUICK, SECTIONS, GateReport, run_gate
 from properties.isolation import TargetError
 from properties.rebalance import (
     POSITION,
@@ -156,8 +156,12 @@ def test_vllms_scheduler_keeps_its_stricter_contract() -> None:
 
 
 def test_the_rebalance_section_runs_only_when_the_convention_is_known() -> None:
-    report = run_gate("impl:rebalance_experts", budget=BUDGET, checks=["rebalance"])
-    assert report.checks == {}
+    with pytest.raises(ValueError, match="--checks rebalance needs --previous"):
+        run_gate("impl:rebalance_experts", budget=BUDGET, checks=["rebalance"])
+    others = [s for s in SECTIONS if s not in ("contract", "rebalance")]
+    report = run_gate("impl:rebalance_experts", budget=BUDGET, skip=others)
+    assert set(report.checks) == {"contract"}  # not asked for by name: left out quietly
+    assert report.header["sections"] == ["contract"]
     assert report.rebalance == {}
 
 
