@@ -417,21 +417,12 @@ def run_migration(args: argparse.Namespace) -> int:
 def run_gate_command(args: argparse.Namespace) -> int:
     from properties.gate import gate_main
 
-    if not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_TIMEOUT_S):
-        raise ValueError(
-            f"--timeout must be a finite number of seconds in (0, {MAX_TIMEOUT_S:g}], "
-            f"got {args.timeout}"
-        )
-    if args.max_gap is not None and not (math.isfinite(args.max_gap) and args.max_gap >= 0):
-        raise ValueError(f"--max-gap must be a finite percentage >= 0, got {args.max_gap}")
+    # --timeout and --max-gap were checked by their argparse types
     default_workloads(args.data)  # a bad trace is an error now, not after the checks
     if args.plot is not None:
         from eplb_spec.plots import gate_with_figure
 
         return gate_with_figure(args, run_gate_command)
-
-    def sections(text: str | None) -> list[str] | None:
-        return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
 
     if args.same_as is None and args.tolerate_ties:
         raise ValueError("--tolerate-ties applies to the fidelity mode: give --same-as REFERENCE")
@@ -475,8 +466,8 @@ def run_gate_command(args: argparse.Namespace) -> int:
         args.json,
         args.refine_a,
         args.refine_b,
-        checks=sections(args.checks),
-        skip=sections(args.skip),
+        checks=split_sections(args.checks),
+        skip=split_sections(args.skip),
         memory_mb=args.memory_mb,
         previous=getattr(args, "previous", None),
         schedule=getattr(args, "schedule", None),

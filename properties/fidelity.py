@@ -162,6 +162,11 @@ def close(a: float, b: float) -> bool:
     return abs(a - b) <= NEAR * largest or largest < FLOAT32_TINY
 
 
+def kind_of_peaks(mine: float, theirs: float) -> Kind:
+    """Whether two peaks reached by different moves are a tie, a near tie or apart."""
+    return Kind.TIE if mine == theirs else Kind.NEAR_TIE if close(mine, theirs) else Kind.REAL
+
+
 def fmt(value: float) -> str:
     return f"{value:.9g}"
 
@@ -778,16 +783,9 @@ class LayerComparison:
                     node.node,
                     f"{text}; the reference{off} moves none",
                 )
-            kind = (
-                Kind.TIE
-                if peak(target) == peak(node.counts)
-                else Kind.NEAR_TIE
-                if close(peak(target), peak(node.counts))
-                else Kind.REAL
-            )
             return (
                 Step.REFINEMENT_A,
-                kind,
+                kind_of_peaks(peak(target), peak(node.counts)),
                 node.node,
                 f"{text}; the reference moves one from {name(moved[0])} to {name(moved[1])} "
                 f"(peak {fmt(peak(node.counts))})",
@@ -917,17 +915,10 @@ class LayerComparison:
                         f"{text}; the reference{off} swaps none",
                     )
                 mine, theirs_peak = peak_of(final, weight), peak_of(target, weight)
-                kind = (
-                    Kind.TIE
-                    if mine == theirs_peak
-                    else Kind.NEAR_TIE
-                    if close(mine, theirs_peak)
-                    else Kind.REAL
-                )
                 h0, a0, l0, b0 = swapped
                 return (
                     Step.REFINEMENT_B,
-                    kind,
+                    kind_of_peaks(mine, theirs_peak),
                     node.node,
                     f"{text}; the reference swaps {replica(a0)} on {gpu(h0)} with "
                     f"{replica(b0)} on {gpu(l0)} (peak {fmt(mine)})",

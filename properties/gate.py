@@ -982,22 +982,14 @@ def run_gate(
     exchanges = None if schedule is None else schedule_rule(schedule, schedule_exchanges)
     if schedule_exchanges is not None and schedule is None:
         raise ValueError("--no-exchanges applies to a schedule: give --schedule TARGET")
-    chosen = sections_that_run(
-        chosen,
-        checks,
-        available={
-            "rebalance": argument is not None,
-            "schedule": schedule is not None,
-            "refinement-a": refine_a is not None,
-            "refinement-b": refine_b is not None,
-        },
-        given={
-            "rebalance": previous is not None,
-            "schedule": schedule is not None,
-            "refinement-a": refine_a is not None,
-            "refinement-b": refine_b is not None,
-        },
-    )
+    given = {
+        "rebalance": previous is not None,
+        "schedule": schedule is not None,
+        "refinement-a": refine_a is not None,
+        "refinement-b": refine_b is not None,
+    }  # an engine adapter may know how to pass an old placement without --previous
+    available = {**given, "rebalance": argument is not None}
+    chosen = sections_that_run(chosen, checks, available, given)
     failures = FailureCount()
     with IsolatedTarget(
         target,

@@ -387,20 +387,11 @@ def schedule_cases(draw: st.DrawFn) -> ScheduleCase:
     """Pairs of valid placements of one cluster (random or a balancer's), the new one
     as a rebalance makes it half of the time (relabeled for the fewest transfers and
     slot-preserved), so that both many and few transfers are scheduled."""
-    from impl.migration import migrate
-    from spec.migration import network_nodes
-    from spec.problem import Policy
+    from properties.rebalance import relabeling_optimum  # it imports this module
 
     problem, old, new = draw(rebalance_cases(max_gpus=8, max_layers=2))
     if draw(st.booleans()):
-        new = migrate(
-            old,
-            new,
-            num_experts=problem.num_experts,
-            num_gpus=problem.num_gpus,
-            num_nodes=network_nodes(problem),
-            keep_nodes=problem.policy is Policy.HIERARCHICAL,
-        ).phy2log
+        new = relabeling_optimum(problem, old, new)
     return ScheduleCase(
         problem.num_experts,
         problem.num_replicas,

@@ -14,7 +14,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from impl import balance, migrate, rebalance_experts, relabel_gpus, schedule_transfers
+from impl import balance, rebalance_experts, relabel_gpus, schedule_transfers
 from impl.migration import apply_slot_map, keep_slots, slots_of_gpus
 from oracle.cpsat import SolverSettings
 from oracle.migration import (
@@ -28,6 +28,7 @@ from oracle.migration import (
 )
 from oracle.pipeline import node_experts, splits_of
 from oracle.result import Status
+from properties.rebalance import relabeling_optimum
 from properties.strategies import load_values, placement_rows, rebalance_cases
 from spec import (
     BalancingProblem,
@@ -62,13 +63,7 @@ def sizes(problem: BalancingProblem) -> dict[str, int]:
 def migrate_for(
     problem: BalancingProblem, old: IntArray, new: IntArray, relabel: bool = True
 ) -> IntArray:
-    return migrate(
-        old,
-        new,
-        **sizes(problem),
-        keep_nodes=problem.policy is Policy.HIERARCHICAL,
-        relabel=relabel,
-    ).phy2log
+    return relabeling_optimum(problem, old, new, relabel=relabel)
 
 
 # ---------------------------------------------------------------------------------------
