@@ -24,6 +24,10 @@ MAX_TIMEOUT_S = 86_400.0
 MAX_ROUNDS = 1000
 MAX_VECTORS = 10_000
 MAX_CLUSTER_VALUE = 2**28
+DATA_HELP = (
+    "folder of trace *.json files (default: the 12 real traces shipped with eplb-spec, "
+    "or $EPLB_SPEC_DATA; 'generated' for a generated stand-in)"
+)
 
 
 class UsageError(ValueError):
@@ -153,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Balancedness of the reference and the baseline per trace, and how many "
         "layers each refinement changed.",
     )
-    report.add_argument("--data", help="folder of trace *.json files (default: ../shared/data/...)")
+    report.add_argument("--data", help=DATA_HELP)
     replicas, groups, nodes, gpus = TRACE_CLUSTER
     size = bounded_int(1, MAX_CLUSTER_VALUE)
     report.add_argument("--replicas", type=size, default=replicas, help=f"default {replicas}")
@@ -175,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Median time per call of each implementation on the traces and on a "
         "larger generated case, the fast implementation's scaling, and its peak memory.",
     )
-    bench.add_argument("--data", help="folder of trace *.json files")
+    bench.add_argument("--data", help=DATA_HELP)
     bench.add_argument(
         "--rounds",
         type=bounded_int(1, MAX_ROUNDS),
@@ -189,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench-oracle",
         help="oracle speed and reach, and certified gaps of the balancers on the traces",
     )
-    oracle_bench.add_argument("--data", help="folder of trace *.json files")
+    oracle_bench.add_argument("--data", help=DATA_HELP)
     oracle_bench.add_argument("--quick", action="store_true", help="fewer instances and layers")
     oracle_bench.add_argument("--json", metavar="FILE", help="also write the tables as JSON")
     oracle_bench.add_argument(
@@ -228,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PERCENT",
         help="fail above this gap to the optimum",
     )
-    gate.add_argument("--data", help="folder of trace *.json files")
+    gate.add_argument("--data", help=DATA_HELP)
     gate.add_argument("--json", metavar="FILE", help="write the report as JSON")
     gate.add_argument(
         "--plot", metavar="DIR", help="also write the figure of the report (needs matplotlib)"
@@ -321,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="handpicked,small,traces",
         help="comma-separated: handpicked,small,traces (traces needs the trace files)",
     )
-    balancer_vectors.add_argument("--data", help="folder of trace *.json files")
+    balancer_vectors.add_argument("--data", help=DATA_HELP)
     balancer_vectors.set_defaults(handler=run_balancer_vectors)
 
     solve = commands.add_parser(
@@ -347,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         "oracle's lower bound, summaries over the pairs, and the trade-off of peak against "
         "transfers for a few layers.",
     )
-    migration.add_argument("--data", help="folder of trace *.json files")
+    migration.add_argument("--data", help=DATA_HELP)
     migration.add_argument(
         "--quick", action="store_true", help="3 traces, 4 layers, one interval, one curve"
     )
@@ -576,7 +580,7 @@ def add_evaluate_commands(commands: argparse._SubParsersAction[OneLineParser]) -
         default=4096,
         help="address-space limit of a program (MB)",
     )
-    evaluate.add_argument("--data", help="folder of trace *.json files")
+    evaluate.add_argument("--data", help=DATA_HELP)
     evaluate.add_argument(
         "--no-speed", action="store_true", help="do not time against the fast path"
     )

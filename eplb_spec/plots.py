@@ -153,8 +153,8 @@ def add_plot_commands(commands: argparse._SubParsersAction[Parser]) -> None:
         "plot",
         help=f"figures (PNG and SVG) of the balancers; needs {INSTALL_HINT}",
         description="Figures of what the balancers do. Traces are found as for report "
-        "(--data DIR, $EPLB_SPEC_DATA, ../shared/data/...); without them a generated "
-        "stand-in is used, and said so.",
+        "(--data DIR, $EPLB_SPEC_DATA, else the shipped traces); --data generated draws "
+        "a generated stand-in, and says so.",
     )
     kinds = plot.add_subparsers(dest="plot_command", required=True, metavar="FIGURE")
     layer = kinds.add_parser(

@@ -1,9 +1,13 @@
 """Workloads: the real DeepSeek-V3/R1 expert-load traces, or a generated stand-in.
 
-The traces are not part of this repository. They are looked up, in order, at the path
-the user gives, at ``$EPLB_SPEC_DATA``, and at ``../shared/data/deepseek-v3-sglang``
-beside the current directory or beside this checkout. Without them, callers get a
-generated workload of the same shape and are told so.
+``default_workloads`` reads the folder of JSON traces the user gives (``--data DIR``) or
+``$EPLB_SPEC_DATA`` names; without either, the 12 traces shipped with the package
+(``properties.traces``). ``generated`` in place of a folder asks for the generated
+log-normal stand-in of the same shape, and it is only ever used when asked for.
+
+``find_trace_dir`` finds a folder of the JSON files themselves (for what needs their raw
+rows): the given one, or ``../shared/data/deepseek-v3-sglang`` beside the current
+directory or beside this checkout.
 """
 
 from __future__ import annotations
@@ -16,19 +20,21 @@ import numpy as np
 import numpy.typing as npt
 
 from oracle.exact import Unrepresentable, read_json
+from properties.traces import SHIPPED_TRACES, shipped_trace_counts
+from properties.traces import TRACE_CLUSTER as TRACE_CLUSTER
+from properties.traces import TRACE_SHAPE as TRACE_SHAPE
 from spec.problem import loads_as_float64
 
 FloatArray = npt.NDArray[np.float64]
 
 TRACE_SUBDIR = Path("shared") / "data" / "deepseek-v3-sglang"
 DATA_ENV = "EPLB_SPEC_DATA"
+# In place of a folder (``--data generated``, ``EPLB_SPEC_DATA=generated``): the
+# generated stand-in, never used unless asked for.
+GENERATED = "generated"
 
-# The cluster the traces are studied on: (num_replicas, num_groups, num_nodes, num_gpus).
-TRACE_CLUSTER = (288, 8, 4, 32)
 # A trace file is read whole; the real ones are about 150 kB.
 MAX_TRACE_BYTES = 64 * 2**20
-# DeepSeek-V3: 61 layers, the first 3 dense; 58 MoE layers of 256 routed experts.
-TRACE_SHAPE = (58, 256)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ def find_trace_dir(explicit: str | os.PathLike[str] | None = None) -> Path | Non
     an error, not a silent fallback.
     """
     given = explicit if explicit is not None else os.environ.get(DATA_ENV)
+    if given == GENERATED:
+        return None
     if given:
         path = Path(given)
         if not path.is_dir() or not any(path.glob("*.json")):
@@ -84,6 +92,20 @@ def load_trace(path: Path) -> FloatArray:
 
 
 def read_trace(path: Path) -> FloatArray:
+    """The file's loads without the leading all-zero (dense) layers."""
+    return without_dense_layers(read_trace_rows(path))
+
+
+def without_dense_layers(loads: FloatArray) -> FloatArray:
+    """``loads`` from its first layer that is not all zero (at least its last layer)."""
+    dense = 0
+    while dense < loads.shape[0] - 1 and not loads[dense].any():
+        dense += 1
+    return loads[dense:]
+
+
+def read_trace_rows(path: Path) -> FloatArray:
+    """The file's whole ``logical_count`` matrix in float64, checked (``load_trace``)."""
     document = read_json(path, MAX_TRACE_BYTES)
     rows = document.get("logical_count") if isinstance(document, dict) else None
     if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
@@ -92,11 +114,7 @@ def read_trace(path: Path) -> FloatArray:
         for expert, value in enumerate(row):
             if isinstance(value, Unrepresentable):
                 raise ValueError(f"{path}: logical_count[{layer}][{expert}] = {value.problem()}")
-    loads = loads_as_float64(rows, f"{path}: logical_count")
-    dense = 0
-    while dense < loads.shape[0] - 1 and not loads[dense].any():
-        dense += 1
-    return loads[dense:]
+    return loads_as_float64(rows, f"{path}: logical_count")
 
 
 def generated_loads(
@@ -109,17 +127,38 @@ def generated_loads(
     return result
 
 
+def asks_for_generated(data_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Whether ``data_dir`` (or, without it, ``$EPLB_SPEC_DATA``) is ``generated``."""
+    given = data_dir if data_dir is not None else os.environ.get(DATA_ENV)
+    return given is not None and str(given) == GENERATED
+
+
+def shipped_workloads() -> list[Workload]:
+    """The 12 traces shipped with the package, dense layers dropped, as float64 loads."""
+    workloads = []
+    for name, counts in shipped_trace_counts().items():
+        loads = without_dense_layers(counts.astype(np.float64))
+        loads.setflags(write=False)
+        workloads.append(Workload(name, loads, generated=False))
+    return workloads
+
+
 def default_workloads(data_dir: str | os.PathLike[str] | None = None) -> tuple[list[Workload], str]:
-    """The real traces if found, else one generated workload; and a line saying which."""
-    found = find_trace_dir(data_dir)
-    if found is None:
+    """The traces in ``data_dir`` (or ``$EPLB_SPEC_DATA``), else the shipped ones; the
+    generated stand-in when either is ``generated``; and a line saying which."""
+    if asks_for_generated(data_dir):
         workload = Workload("generated-lognormal-seed0", generated_loads(), generated=True)
         note = (
-            "real traces not found (looked for ../shared/data/deepseek-v3-sglang; pass "
-            f"--data DIR or set {DATA_ENV}): using a GENERATED workload of the same shape "
-            f"{TRACE_SHAPE}"
+            f"a GENERATED workload of the trace shape {TRACE_SHAPE}, as asked "
+            f"(--data {GENERATED}); without it the real traces are used"
         )
         return [workload], note
+    given = data_dir if data_dir is not None else os.environ.get(DATA_ENV)
+    if not given:
+        workloads = shipped_workloads()
+        return workloads, f"{len(workloads)} real traces shipped with eplb-spec ({SHIPPED_TRACES})"
+    found = find_trace_dir(given)
+    assert found is not None  # a given folder is found or refused
     files = sorted(found.glob("*.json"))
     workloads = [Workload(f.stem, load_trace(f), generated=False) for f in files]
     return workloads, f"{len(workloads)} real traces from {found}"

@@ -38,12 +38,11 @@ def test_report_on_a_given_folder(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert 0 <= row["layers_changed_by_b"] <= 3
 
 
-def test_report_falls_back_to_a_generated_workload_and_says_so(
+def test_report_on_a_generated_workload_only_when_asked_and_says_so(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv(workloads.DATA_ENV, raising=False)
-    monkeypatch.setattr(workloads, "TRACE_SUBDIR", Path("no-such-folder-for-eplb-spec"))
-    assert main([]) == 0
+    assert main(["--data", "generated"]) == 0
     printed = capsys.readouterr().out
     assert "GENERATED workload" in printed
     assert "generated-lognormal-seed0" in printed

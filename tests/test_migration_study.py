@@ -89,12 +89,11 @@ def test_layers_are_spread_evenly() -> None:
     assert spread(0, 10) == ()
 
 
-def test_without_traces_the_study_generates_as_many_workloads(
+def test_asked_for_generated_loads_the_study_generates_as_many_workloads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(workloads.DATA_ENV, raising=False)
-    monkeypatch.setattr(workloads, "TRACE_SUBDIR", Path("no-such-folder-for-eplb-spec"))
-    found, note = study_workloads(None, 4)
+    found, note = study_workloads("generated", 4)
     assert [w.name for w in found] == [f"generated-lognormal-seed{i}" for i in range(4)]
     assert all(w.generated for w in found)
     assert "4 GENERATED workloads" in note

@@ -436,12 +436,13 @@ def test_plot_commands_reject_bad_arguments_in_one_line(
     assert message in captured.err
 
 
-def test_without_traces_the_plots_use_the_generated_stand_in_and_say_so(
+def test_asked_for_generated_loads_the_plots_use_the_stand_in_and_say_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(workloads.DATA_ENV, raising=False)
-    monkeypatch.setattr(workloads, "TRACE_SUBDIR", Path("no-such-folder-for-eplb-spec"))
-    assert main(["plot", "trace", "--layers", "1", "--out", str(tmp_path)]) == 0
+    assert (
+        main(["plot", "trace", "--layers", "1", "--out", str(tmp_path), "--data", "generated"]) == 0
+    )
     assert "GENERATED workload" in capsys.readouterr().out
     assert_figure_files(tmp_path, "trace-generated-lognormal-seed0")
     assert "(GENERATED stand-in)" in (tmp_path / "trace-generated-lognormal-seed0.svg").read_text()
