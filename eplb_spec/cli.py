@@ -11,12 +11,18 @@ import argparse
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from properties.workloads import TRACE_CLUSTER, Workload, default_workloads, find_trace_dir
-from spec.problem import check_cluster, check_output_size
+# Only the standard library at import time: --help and argument errors answer before any
+# solver, torch, NumPy or Hypothesis is loaded (tests/test_cli_startup.py); each command
+# imports what it needs when it runs.
+from properties.traces import TRACE_CLUSTER
+
+if TYPE_CHECKING:
+    from properties.workloads import Workload
 
 # Upper limits of numeric options: far above any sensible run, low enough that nothing
 # downstream overflows (a per-call timeout goes to a pipe's poll, in nanoseconds).
@@ -111,6 +117,8 @@ def check_cluster_options(
     cluster: tuple[int, int, int, int], workloads: Sequence[Workload]
 ) -> None:
     """The report's cluster against every workload, before any balancing."""
+    from spec.problem import check_cluster, check_output_size
+
     replicas, groups, nodes, gpus = cluster
     options = f"--replicas {replicas} --groups {groups} --nodes {nodes} --gpus {gpus}"
     for workload in workloads:
@@ -123,6 +131,8 @@ def check_cluster_options(
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from properties.progress import progress
+    from properties.workloads import default_workloads
     from studies.report import print_trace_report, report_document, report_trace
 
     cluster = (args.replicas, args.groups, args.nodes, args.gpus)
@@ -132,7 +142,7 @@ def run_report(args: argparse.Namespace) -> int:
         prepare_folder(args.plot, "--plot")
     workloads, note = default_workloads(args.data)
     check_cluster_options(cluster, workloads)
-    rows = [report_trace(w, cluster) for w in workloads]
+    rows = [report_trace(w, cluster) for w in progress(workloads, "traces")]
     print_trace_report(rows, cluster, note)
     if args.plot is not None:
         from studies.plots import report_figures
@@ -420,6 +430,7 @@ def run_migration(args: argparse.Namespace) -> int:
 
 def run_gate_command(args: argparse.Namespace) -> int:
     from properties.gate import gate_main
+    from properties.workloads import default_workloads
 
     # --timeout and --max-gap were checked by their argparse types
     default_workloads(args.data)  # a bad trace is an error now, not after the checks
@@ -476,6 +487,7 @@ def run_gate_command(args: argparse.Namespace) -> int:
         previous=getattr(args, "previous", None),
         schedule=getattr(args, "schedule", None),
         schedule_exchanges=None if not getattr(args, "no_exchanges", None) else False,
+        started=getattr(args, "started", None),
     )
 
 
@@ -647,14 +659,22 @@ def run_evaluate_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; reported times count from the process's start when run as a
+    program (``argv`` None), from this call otherwise."""
+    from properties.progress import process_started
+
+    started = process_started() if argv is None else time.perf_counter()
     parser = build_parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
     if not arguments or (arguments[0].startswith("-") and arguments[0] not in ("-h", "--help")):
         arguments.insert(0, "report")
     try:
         args = parser.parse_args(arguments)
+        args.started = started
         check_writable(getattr(args, "json", None), "--json")
         if getattr(args, "data", None) is not None:
+            from properties.traces import find_trace_dir
+
             find_trace_dir(args.data)
         code: int = args.handler(args)
     except (ValueError, TypeError) as error:

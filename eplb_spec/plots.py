@@ -10,23 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from properties.workloads import TRACE_CLUSTER
-from spec.problem import BalancingProblem
-from studies.plots import (
-    INSTALL_HINT,
-    PlottingUnavailable,
-    check_gate_report,
-    display_name,
-    find_workload,
-    gate_figure,
-    layer_stages_figure,
-    layer_stem,
-    prepare_folder,
-    reference_worst_layer,
-    report_figures,
-    save_figure,
-    trace_figure,
-)
+# What the figures need (studies.plots: torch, and matplotlib when drawing) is imported
+# by each command as it runs, so that building the parser stays cheap.
+from properties.traces import TRACE_CLUSTER
 
 
 def cluster_of(args: argparse.Namespace) -> tuple[int, int, int, int]:
@@ -39,6 +25,17 @@ def print_written(paths: Sequence[Path]) -> None:
 
 
 def plot_layer(args: argparse.Namespace) -> int:
+    from spec.problem import BalancingProblem
+    from studies.plots import (
+        display_name,
+        find_workload,
+        layer_stages_figure,
+        layer_stem,
+        prepare_folder,
+        reference_worst_layer,
+        save_figure,
+    )
+
     folder = prepare_folder(args.out)
     workload, note = find_workload(args.data, args.trace)
     print(note)
@@ -57,6 +54,8 @@ def plot_layer(args: argparse.Namespace) -> int:
 
 
 def plot_trace(args: argparse.Namespace) -> int:
+    from studies.plots import find_workload, prepare_folder, save_figure, trace_figure
+
     folder = prepare_folder(args.out)
     workload, note = find_workload(args.data, args.trace)
     print(note)
@@ -75,6 +74,8 @@ def plot_trace(args: argparse.Namespace) -> int:
 
 
 def read_gate_report(path: str) -> dict[str, Any]:
+    from studies.plots import check_gate_report
+
     try:
         document = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
@@ -88,6 +89,8 @@ def read_gate_report(path: str) -> dict[str, Any]:
 
 
 def plot_gate(args: argparse.Namespace) -> int:
+    from studies.plots import gate_figure, prepare_folder, save_figure
+
     folder = prepare_folder(args.out)
     report = read_gate_report(args.report)
     figure = gate_figure(report, data=args.data)
@@ -102,6 +105,13 @@ def plot_readme(args: argparse.Namespace) -> int:
     """The figures the README shows: a real trace layer by layer, its worst layer stage
     by stage, and a quick gate run of the reference. PNG only (the SVGs are larger)."""
     from properties.gate import DEFAULT_TARGET, run_gate
+    from studies.plots import (
+        find_workload,
+        gate_figure,
+        prepare_folder,
+        report_figures,
+        save_figure,
+    )
 
     folder = prepare_folder(args.out)
     workload, note = find_workload(args.data, None)
@@ -151,7 +161,8 @@ def add_plot_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     class)."""
     plot = commands.add_parser(
         "plot",
-        help=f"figures (PNG and SVG) of the balancers; needs {INSTALL_HINT}",
+        help="figures (PNG and SVG) of the balancers; needs the plot extra "
+        "(pip install 'eplb-spec[plot]')",
         description="Figures of what the balancers do. Traces are found as for report "
         "(--data DIR, $EPLB_SPEC_DATA, else the shipped traces); --data generated draws "
         "a generated stand-in, and says so.",
@@ -189,6 +200,8 @@ PLOT_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def plot_main(args: argparse.Namespace) -> int:
     """``eplb-spec plot ...``; bad arguments and a missing matplotlib are ValueErrors
     (exit 2, one line)."""
+    from studies.plots import PlottingUnavailable
+
     try:
         return PLOT_COMMANDS[args.plot_command](args)
     except PlottingUnavailable as error:
@@ -200,6 +213,8 @@ def gate_with_figure(
 ) -> int:
     """``eplb-spec gate ... --plot DIR``: the gate as usual, then the figure of its report
     (the report goes through ``--json FILE``, or a temporary file)."""
+    from studies.plots import gate_figure, prepare_folder, save_figure
+
     if args.same_as is not None:
         raise ValueError("--plot draws a gate report; it does not apply to --same-as")
     folder = prepare_folder(args.plot, "--plot")

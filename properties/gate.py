@@ -945,6 +945,7 @@ def run_gate(
     previous: str | int | None = None,
     schedule: str | None = None,
     schedule_exchanges: bool | None = None,
+    started: float | None = None,
 ) -> GateReport:
     """Check ``target`` and return the report.
 
@@ -961,7 +962,8 @@ def run_gate(
     positional argument); engine adapters that take one need none. ``schedule``: a
     transfer schedule target ``f(previous, phy2log, num_experts, num_gpus, num_nodes)``;
     ``schedule_exchanges`` False checks the stricter one-directed-peer rule (the
-    default for ``vllm:migration_scheduler``).
+    default for ``vllm:migration_scheduler``). ``started``: the ``time.perf_counter()``
+    the report's time counts from (the command line's start; default: this call's).
     """
     if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
         raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout_s!r}")
@@ -970,7 +972,7 @@ def run_gate(
     ):
         raise ValueError(f"max-gap must be a finite percentage >= 0, got {max_gap_percent!r}")
     chosen = choose_sections(checks, skip)
-    start = time.perf_counter()
+    start = time.perf_counter() if started is None else started
     budget = budget or (QUICK if quick else THOROUGH)
     report = GateReport(target)
     engine = find_engine(target)
@@ -1355,6 +1357,7 @@ def gate_main(
     previous: str | None = None,
     schedule: str | None = None,
     schedule_exchanges: bool | None = None,
+    started: float | None = None,
 ) -> int:
     """The ``eplb-spec gate`` command. Exit status: 0 pass, 1 findings, 2 the target
     cannot be imported or an argument is wrong, 3 an internal error of the gate,
@@ -1376,6 +1379,7 @@ def gate_main(
             previous=previous,
             schedule=schedule,
             schedule_exchanges=schedule_exchanges,
+            started=started,
         )
         return report.verdict, gate_report_text(report), report.to_json()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import os
 import sys
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -42,7 +43,41 @@ CHECKSUMS = DATA_DIR / "SHA256SUMS"
 # Every member of the archive carries this date, so that the same traces give the same bytes.
 ARCHIVE_DATE = (2025, 5, 6, 0, 0, 0)
 
+TRACE_SUBDIR = Path("shared") / "data" / "deepseek-v3-sglang"
+DATA_ENV = "EPLB_SPEC_DATA"
+# In place of a folder (``--data generated``, ``EPLB_SPEC_DATA=generated``): the
+# generated stand-in, never used unless asked for.
+GENERATED = "generated"
+
 shipped_cache: dict[str, dict[str, npt.NDArray[np.int64]]] = {}
+
+
+def find_trace_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The folder of trace files, or None when none is found.
+
+    An explicit path (argument or ``$EPLB_SPEC_DATA``) that holds no ``*.json`` file is
+    an error, not a silent fallback.
+    """
+    given = explicit if explicit is not None else os.environ.get(DATA_ENV)
+    if given == GENERATED:
+        return None
+    if given:
+        path = Path(given)
+        if not path.is_dir() or not any(path.glob("*.json")):
+            raise ValueError(f"data directory {str(path)!r} holds no *.json trace files")
+        return path
+    checkout = Path(__file__).resolve().parents[1]
+    for base in (Path.cwd(), checkout):
+        candidate = base.parent / TRACE_SUBDIR
+        if candidate.is_dir() and any(candidate.glob("*.json")):
+            return candidate
+    return None
+
+
+def asks_for_generated(data_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Whether ``data_dir`` (or, without it, ``$EPLB_SPEC_DATA``) is ``generated``."""
+    given = data_dir if data_dir is not None else os.environ.get(DATA_ENV)
+    return given is not None and str(given) == GENERATED
 
 
 def expected_checksum(name: str = SHIPPED_NAME, checksums: Path = CHECKSUMS) -> str:

@@ -20,18 +20,18 @@ import numpy as np
 import numpy.typing as npt
 
 from oracle.exact import Unrepresentable, read_json
+from properties.traces import DATA_ENV as DATA_ENV
+from properties.traces import GENERATED as GENERATED
 from properties.traces import SHIPPED_TRACES, shipped_trace_counts
 from properties.traces import TRACE_CLUSTER as TRACE_CLUSTER
 from properties.traces import TRACE_SHAPE as TRACE_SHAPE
+from properties.traces import TRACE_SUBDIR as TRACE_SUBDIR
+from properties.traces import asks_for_generated as asks_for_generated
+from properties.traces import find_trace_dir as find_trace_dir
 from spec.problem import loads_as_float64
 
 FloatArray = npt.NDArray[np.float64]
 
-TRACE_SUBDIR = Path("shared") / "data" / "deepseek-v3-sglang"
-DATA_ENV = "EPLB_SPEC_DATA"
-# In place of a folder (``--data generated``, ``EPLB_SPEC_DATA=generated``): the
-# generated stand-in, never used unless asked for.
-GENERATED = "generated"
 
 # A trace file is read whole; the real ones are about 150 kB.
 MAX_TRACE_BYTES = 64 * 2**20
@@ -42,28 +42,6 @@ class Workload:
     name: str
     loads: FloatArray
     generated: bool
-
-
-def find_trace_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    """The folder of trace files, or None when none is found.
-
-    An explicit path (argument or ``$EPLB_SPEC_DATA``) that holds no ``*.json`` file is
-    an error, not a silent fallback.
-    """
-    given = explicit if explicit is not None else os.environ.get(DATA_ENV)
-    if given == GENERATED:
-        return None
-    if given:
-        path = Path(given)
-        if not path.is_dir() or not any(path.glob("*.json")):
-            raise ValueError(f"data directory {str(path)!r} holds no *.json trace files")
-        return path
-    checkout = Path(__file__).resolve().parents[1]
-    for base in (Path.cwd(), checkout):
-        candidate = base.parent / TRACE_SUBDIR
-        if candidate.is_dir() and any(candidate.glob("*.json")):
-            return candidate
-    return None
 
 
 TraceKey = tuple[str, int, int]  # resolved path, size, modification time (ns)
@@ -125,12 +103,6 @@ def generated_loads(
     scale = rng.uniform(1e4, 1e5, size=(num_layers, 1))
     result: FloatArray = np.round(scale * rng.lognormal(0.0, 1.0, size=(num_layers, num_experts)))
     return result
-
-
-def asks_for_generated(data_dir: str | os.PathLike[str] | None = None) -> bool:
-    """Whether ``data_dir`` (or, without it, ``$EPLB_SPEC_DATA``) is ``generated``."""
-    given = data_dir if data_dir is not None else os.environ.get(DATA_ENV)
-    return given is not None and str(given) == GENERATED
 
 
 def shipped_workloads() -> list[Workload]:

@@ -46,6 +46,7 @@ from oracle.migration import (
 )
 from oracle.result import Status
 from properties.distribute import Backend, Inline, run_jobs
+from properties.progress import progress
 from properties.rebalance import relabeling_optimum
 from properties.workloads import TRACE_CLUSTER, Workload, default_workloads, generated_loads
 from spec.migration import count_transfers, exact_gpu_loads, network_nodes
@@ -398,7 +399,8 @@ def run_study(
     layers = settings.layers
     loads = {w.name: (w.loads if layers is None else w.loads[:layers]) for w in workloads}
     placements = {
-        name: balance(BalancingProblem(value, *cluster)).phy2log for name, value in loads.items()
+        name: balance(BalancingProblem(value, *cluster)).phy2log
+        for name, value in progress(loads.items(), "placements", len(loads))
     }
     num_layers = next(iter(loads.values())).shape[0]
     interval_layers = spread(settings.interval_layers, num_layers)
@@ -418,7 +420,7 @@ def run_study(
     ]
     errors: list[str] = []
     by_pair: dict[tuple[str, str], PairFigures] = {}
-    for outcome in run_jobs(new_trace_job, jobs, backend):
+    for outcome in progress(run_jobs(new_trace_job, jobs, backend), "traces", len(jobs)):
         if outcome.value is None:
             errors.append(f"pairs into {outcome.job.new}: {outcome.error}")
             continue
@@ -480,7 +482,7 @@ def tradeoff_figures(
         for layer in chosen
     ]
     found = {}
-    for outcome in run_jobs(tradeoff_job, jobs, backend):
+    for outcome in progress(run_jobs(tradeoff_job, jobs, backend), "trade-offs", len(jobs)):
         if outcome.value is None:
             errors.append(f"trade-off of layer {outcome.job.layer}: {outcome.error}")
         else:

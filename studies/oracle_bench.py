@@ -27,6 +27,7 @@ from oracle.packing import solve_packing
 from oracle.pipeline import certify_layer, certify_row, layer_lower_bound
 from oracle.result import SolveResult, Status
 from properties.distribute import Backend, Inline, run_jobs
+from properties.progress import progress
 from properties.workloads import TRACE_CLUSTER, default_workloads
 from spec.objectives import peak_gpu_load
 from spec.problem import BalancingProblem
@@ -226,7 +227,7 @@ def certification_sweep(
     ]
     found = {
         id(outcome.job): SweepCell(outcome.job, outcome.value, outcome.error)
-        for outcome in run_jobs(certify_job, jobs, backend)
+        for outcome in progress(run_jobs(certify_job, jobs, backend), "certify", len(jobs))
     }
     return [found[id(job)] for job in jobs]
 
