@@ -158,3 +158,12 @@ def test_a_malformed_option_is_a_usage_error(project: Path) -> None:
     )
     assert code == 4
     assert "--eplb-sections: unknown or no section(s) ['speed']" in output
+
+
+def test_a_target_that_cannot_be_imported_fails_its_items(project: Path) -> None:
+    code, outcomes, output = pytest_run(
+        project, "--eplb-target", "no_such_file.py:rebalance", "--eplb-sections", "bad-input"
+    )
+    assert code == 1
+    assert outcomes["eplb-spec::bad-input"] == "FAILED"
+    assert "cannot use target no_such_file.py:rebalance" in output
