@@ -63,6 +63,10 @@ PROGRESS = 1e-12
 # The float limit the repair aims at is this fraction below the exact limit, so that
 # the exact check after it rarely disagrees.
 LIMIT_MARGIN = 1e-9
+# Float GPU loads are sums of a GPU's slots, each within a relative 2**-53 of exact, so
+# far within this relative error for any real cap; a float peak this far below a float
+# limit is below the exact limit.
+CERTAIN = 1e-12
 MAX_GROUP_MOVES = 4
 MAX_ASSIGNMENTS_TRIED = 6
 
@@ -288,28 +292,21 @@ def group_assignments(
     ``MAX_GROUP_MOVES``), then by the heaviest node's load, then in enumeration order."""
     groups, nodes = problem.num_groups, problem.num_nodes
     most = problem.slots_per_node // problem.group_size
-
-    def fits(assignment: IntArray) -> float | None:
-        per_node = np.bincount(assignment, minlength=nodes)
-        if per_node.max() > most:
-            return None
-        heaviest = float(np.bincount(assignment, group_loads, minlength=nodes).max())
-        mean = heaviest / problem.gpus_per_node
-        return mean if mean <= limit else None
-
     for moved in range(0, min(MAX_GROUP_MOVES, groups) + 1):
-        options: list[tuple[float, IntArray]] = []
+        rows = []
         for chosen in itertools.combinations(range(groups), moved):
             choices = [[n for n in range(nodes) if n != old_nodes[g]] for g in chosen]
             for targets in itertools.product(*choices):
                 assignment = old_nodes.copy()
                 assignment[list(chosen)] = targets
-                heaviest = fits(assignment)
-                if heaviest is not None:
-                    options.append((heaviest, assignment))
-        options.sort(key=lambda option: option[0])
-        for _, assignment in options:
-            yield assignment
+                rows.append(assignment)
+        table = np.asarray(rows, dtype=np.int64).reshape(-1, groups)
+        one_hot = table[:, :, None] == np.arange(nodes)[None, None, :]
+        fits_slots = one_hot.sum(1).max(1) <= most
+        heaviest = (one_hot * group_loads[None, :, None]).sum(1).max(1) / problem.gpus_per_node
+        feasible = np.flatnonzero(fits_slots & (heaviest <= limit))
+        for index in feasible[np.argsort(heaviest[feasible], kind="stable")]:
+            yield table[index]
 
 
 def fill_free_slots(
@@ -399,6 +396,15 @@ def incremental_layer(
     return None
 
 
+def float_peaks(loads: FloatArray, phy2log: IntArray, num_gpus: int) -> FloatArray:
+    """``[L]``: each layer's peak GPU load in float64."""
+    num_layers = phy2log.shape[0]
+    counts = np.stack([np.bincount(row, minlength=loads.shape[1]) for row in phy2log])
+    per_slot = np.take_along_axis(loads / np.maximum(counts, 1), phy2log, axis=1)
+    result: FloatArray = per_slot.reshape(num_layers, num_gpus, -1).sum(-1).max(-1)
+    return result
+
+
 @dataclass(frozen=True)
 class IncrementalResult:
     """A budgeted rebalance: ``phy2log`` ``[L, R]``; per layer, the spec's transfer
@@ -441,38 +447,49 @@ def rebalance_incremental(
     ).per_layer
     result = relabeled.copy()
     fell_back = np.ones(problem.num_layers, dtype=np.bool_)
+    stateless_peaks = float_peaks(problem.loads, relabeled, num_gpus)
     if eps is not None:
-        if reference_peaks is None:
-            reference_peaks = exact_peaks(problem.loads, relabeled, num_gpus)
-        if len(reference_peaks) != problem.num_layers:
+        slack = float(peak_limits([1.0], eps)[0]) - 1.0  # checks eps
+        if reference_peaks is not None and len(reference_peaks) != problem.num_layers:
             raise ValueError(
                 f"reference_peaks must have one entry per layer ({problem.num_layers}), "
                 f"got {len(reference_peaks)}"
             )
-        limits = peak_limits(reference_peaks, eps)
+        given = None if reference_peaks is None else peak_limits(reference_peaks, eps)
         for layer in range(problem.num_layers):
-            target = float(limits[layer]) * (1 - LIMIT_MARGIN)
-            row = incremental_layer(problem, layer, old[layer], target)
+            limit = (
+                (1 + slack) * float(stateless_peaks[layer])
+                if given is None
+                else float(given[layer])
+            )
+            row = incremental_layer(problem, layer, old[layer], limit * (1 - LIMIT_MARGIN))
             if row is None:
                 continue
             candidate = row[None, :]
             transfers = count_transfers(
                 old[layer : layer + 1], candidate, num_experts=num_experts, num_gpus=num_gpus
             ).total
-            peak = exact_peaks(problem.loads[layer : layer + 1], candidate, num_gpus)[0]
-            if peak <= limits[layer] and transfers <= relabeled_transfers[layer]:
-                result[layer] = row
-                fell_back[layer] = False
+            if transfers > relabeled_transfers[layer]:
+                continue
+            peak = float(float_peaks(problem.loads[layer : layer + 1], candidate, num_gpus)[0])
+            if peak > limit * (1 - CERTAIN):
+                # Too close for floats to tell: compare exactly.
+                loads = problem.loads[layer : layer + 1]
+                exact_limit = (
+                    peak_limits(exact_peaks(loads, relabeled[layer : layer + 1], num_gpus), eps)[0]
+                    if given is None
+                    else given[layer]
+                )
+                if exact_peaks(loads, candidate, num_gpus)[0] > exact_limit:
+                    continue
+            result[layer] = row
+            fell_back[layer] = False
     else:
         assert max_transfers is not None
         for layer in range(problem.num_layers):
             row = budget_layer(problem, layer, old[layer], max_transfers)
-            candidate = row[None, :]
-            peak = exact_peaks(problem.loads[layer : layer + 1], candidate, num_gpus)[0]
-            stateless_peak = exact_peaks(
-                problem.loads[layer : layer + 1], relabeled[layer : layer + 1], num_gpus
-            )[0]
-            if relabeled_transfers[layer] <= max_transfers and stateless_peak < peak:
+            peak = float(float_peaks(problem.loads[layer : layer + 1], row[None, :], num_gpus)[0])
+            if relabeled_transfers[layer] <= max_transfers and stateless_peaks[layer] < peak:
                 continue
             result[layer] = row
             fell_back[layer] = False
