@@ -39,7 +39,7 @@ relabeled stateless answer when that is within the budget and lower.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -161,7 +161,9 @@ def best_move(state: LayerState, gpu: int, allowance: int | None) -> Move | None
     best: tuple[int, float, int, int] | None = None  # (added, peak, kind, flat index)
     moves: list[Move] = []
 
-    def consider(added: IntArray, peak: FloatArray, valid: BoolArray, make: Any) -> None:
+    def consider(
+        added: IntArray, peak: FloatArray, valid: BoolArray, make: Callable[[int, int, float], Move]
+    ) -> None:
         nonlocal best
         if allowance is not None:
             valid = valid & (added <= allowance)
@@ -201,11 +203,16 @@ def best_move(state: LayerState, gpu: int, allowance: int | None) -> Move | None
 
         consider(added, changed, valid, swap)
 
-    # Replications: expert a of gpu gets slot k of the node, of expert b (count >= 2).
-    experts = np.unique(mine)
+    # Replications: expert a gets slot k of the node, of expert b (count >= 2): either a
+    # is on gpu and k anywhere in the node (gpu's share of a drops), or k is on gpu and
+    # a any expert of the node (gpu trades a replica of b for one of a).
     spare = state.count[slot_expert] >= 2
-    r_gpu, r_position, r_expert = slot_gpu[spare], slot_position[spare], slot_expert[spare]
-    if r_expert.size:
+    on_gpu = np.unique(mine)
+    in_node = np.setdiff1d(np.unique(slot_expert), on_gpu)
+    for experts, where in ((on_gpu, spare), (in_node, spare & (slot_gpu == gpu))):
+        r_gpu, r_position, r_expert = slot_gpu[where], slot_position[where], slot_expert[where]
+        if not r_expert.size or not experts.size:
+            continue
         w_a = state.weights[experts]
         c_a = state.count[experts].astype(np.float64)
         drop_a = w_a / c_a - w_a / (c_a + 1)  # per replica of a already there
@@ -229,17 +236,22 @@ def best_move(state: LayerState, gpu: int, allowance: int | None) -> Move | None
             r_gpu[None, :], r_expert[None, :]
         )
         valid = (experts[:, None] != r_expert[None, :]) & (changed_peak < ceiling)
-
-        def replicate(index: int, least: int, peak: float) -> Move:
-            ia, k = divmod(index, r_expert.size)
-            return Move(
-                True, gpu, -1, int(r_gpu[k]), int(r_position[k]), int(experts[ia]), least, peak
-            )
-
-        consider(added, changed_peak, valid, replicate)
+        consider(added, changed_peak, valid, replication(gpu, experts, r_gpu, r_position))
     if best is None:
         return None
     return moves[best[2]]
+
+
+def replication(
+    gpu: int, experts: IntArray, r_gpu: IntArray, r_position: IntArray
+) -> Callable[[int, int, float], Move]:
+    """The replication move of a flat candidate index over ``experts`` x slots."""
+
+    def make(index: int, least: int, peak: float) -> Move:
+        ia, k = divmod(index, r_gpu.size)
+        return Move(True, gpu, -1, int(r_gpu[k]), int(r_position[k]), int(experts[ia]), least, peak)
+
+    return make
 
 
 def apply_move(state: LayerState, move: Move) -> None:
@@ -287,8 +299,8 @@ def group_nodes(problem: BalancingProblem, row: IntArray) -> IntArray:
 def group_assignments(
     problem: BalancingProblem, old_nodes: IntArray, group_loads: FloatArray, limit: float
 ) -> Iterator[IntArray]:
-    """Group-to-node assignments whose nodes' mean GPU load fits ``limit`` and whose
-    experts fit their node's slots, moving the fewest groups first (up to
+    """Group-to-node assignments whose nodes' mean GPU load fits ``limit``, where every
+    node has a group and room for its groups' experts, moving the fewest groups first (up to
     ``MAX_GROUP_MOVES``), then by the heaviest node's load, then in enumeration order."""
     groups, nodes = problem.num_groups, problem.num_nodes
     most = problem.slots_per_node // problem.group_size
@@ -302,7 +314,8 @@ def group_assignments(
                 rows.append(assignment)
         table = np.asarray(rows, dtype=np.int64).reshape(-1, groups)
         one_hot = table[:, :, None] == np.arange(nodes)[None, None, :]
-        fits_slots = one_hot.sum(1).max(1) <= most
+        per_node = one_hot.sum(1)
+        fits_slots = (per_node.max(1) <= most) & (per_node.min(1) >= 1)
         heaviest = (one_hot * group_loads[None, :, None]).sum(1).max(1) / problem.gpus_per_node
         feasible = np.flatnonzero(fits_slots & (heaviest <= limit))
         for index in feasible[np.argsort(heaviest[feasible], kind="stable")]:
