@@ -30,6 +30,7 @@ lower bound at every round.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from fractions import Fraction
 import numpy as np
 import numpy.typing as npt
 from ortools.graph.python import min_cost_flow
+from scipy.optimize import linear_sum_assignment
 
 from oracle.cpsat import SolverSettings
 from oracle.migration import IMPOSSIBLE, LayerSearch, checked_row
@@ -48,6 +50,7 @@ IntArray = npt.NDArray[np.int64]
 
 SCALE = 1 << 20  # load units per budget
 COST_SCALE = 1 << 20  # cost units per transfer
+MAX_PERMUTED_NODES = 6  # up to here every matching is listed; beyond, one assignment each
 
 
 def flow_node_bound(
@@ -64,28 +67,23 @@ def flow_node_bound(
         return None
     flow = min_cost_flow.SimpleMinCostFlow()
     sink = experts + gpus
-    tails, heads, capacities, costs = [], [], [], []
-    for e in range(experts):
-        if supply[e] == 0:
-            continue
-        carry = min(supply[e], SCALE)
-        # 1 / min(w, B) transfers per unit of B / SCALE, rounded down.
-        unit_cost = (COST_SCALE * SCALE) // max(1, min(supply[e], SCALE))
-        for g in range(gpus):
-            tails.append(e)
-            heads.append(experts + g)
-            capacities.append(carry)
-            costs.append(0 if old_held[g][e] else unit_cost)
-    for g in range(gpus):
-        tails.append(experts + g)
-        heads.append(sink)
-        capacities.append(SCALE)
-        costs.append(0)
+    units = np.asarray(supply, dtype=np.int64)
+    carry = np.minimum(units, SCALE)
+    # 1 / min(w, B) transfers per unit of B / SCALE, rounded down.
+    unit_cost = (COST_SCALE * SCALE) // np.maximum(carry, 1)
+    held = np.asarray(old_held, dtype=np.bool_).reshape(gpus, experts)
+    used = np.flatnonzero(units > 0)
+    tails = np.repeat(used, gpus)
+    heads = experts + np.tile(np.arange(gpus), used.size)
+    capacities = np.repeat(carry[used], gpus)
+    costs = np.where(held[:, used].T.ravel(), 0, np.repeat(unit_cost[used], gpus))
     flow.add_arcs_with_capacity_and_unit_cost(
-        np.asarray(tails), np.asarray(heads), np.asarray(capacities), np.asarray(costs)
+        np.concatenate([tails, experts + np.arange(gpus)]),
+        np.concatenate([heads, np.full(gpus, sink)]),
+        np.concatenate([capacities, np.full(gpus, SCALE)]),
+        np.concatenate([costs, np.zeros(gpus, dtype=np.int64)]),
     )
-    for e in range(experts):
-        flow.set_node_supply(e, supply[e])
+    flow.set_nodes_supplies(np.arange(experts), units)
     flow.set_node_supply(sink, -sum(supply))
     status = flow.solve()
     if status == flow.INFEASIBLE:
@@ -96,6 +94,32 @@ def flow_node_bound(
     # only when rounded; dividing by COST_SCALE * SCALE and taking the ceiling of
     # the exact rational is safe because every cost was rounded down.
     return math.ceil(Fraction(flow.optimal_cost(), COST_SCALE * SCALE))
+
+
+def _or_impossible(value: int | None) -> int:
+    return IMPOSSIBLE if value is None else value
+
+
+def least_matching(table: IntArray, members: IntArray) -> tuple[int, int, IntArray]:
+    """The least total of ``table[block, node]`` over every split (rows of block indices
+    in ``members``) and every matching of its blocks to the nodes: the value, the split
+    and the node of each of its blocks. Costs at ``IMPOSSIBLE`` or more mark a pair that
+    cannot be used; the value is then ``IMPOSSIBLE`` or more."""
+    count, nodes = members.shape
+    if nodes <= MAX_PERMUTED_NODES:
+        orders = np.asarray(list(itertools.permutations(range(nodes))), dtype=np.int64)
+        costs = np.minimum(table[members[:, None, :], orders[None, :, :]], IMPOSSIBLE).sum(-1)
+        split_at, order = np.unravel_index(int(np.argmin(costs)), costs.shape)
+        return int(costs[split_at, order]), int(split_at), orders[order]
+    best: tuple[int, int, IntArray] | None = None
+    for index in range(count):
+        sub = np.minimum(table[members[index]], IMPOSSIBLE)
+        rows, columns = linear_sum_assignment(sub)
+        value = int(sub[rows, columns].sum())
+        if best is None or value < best[0]:
+            best = (value, index, np.asarray(columns, dtype=np.int64))
+    assert best is not None
+    return best
 
 
 @dataclass(frozen=True)
@@ -128,44 +152,40 @@ def transfer_lower_bound(
         raise ValueError(f"more than {MAX_SPLITS} group splits: too many for this bound")
     search = LayerSearch.start(problem, layer, old, budget, SolverSettings(), presences)
     splits = splits_of(problem)
-    flows: dict[tuple[tuple[int, ...], int], int | None] = {}
-
-    def cost(block: tuple[int, ...], node: int) -> int | None:
-        lower = search.lower(block, node)
-        if lower is None:
-            return None
-        key = (block, node)
-        if key not in flows:
-            return lower
-        tightened = flows[key]
-        return None if tightened is None else max(lower, tightened)
-
-    def best() -> tuple[int, int]:
-        values = [search.matching(split, cost)[0] for split in splits]
-        index = int(np.argmin(values))
-        return values[index], index
-
-    analytical = min(search.matching(split, search.lower)[0] for split in splits)
+    blocks = sorted({block for split in splits for block in split})
+    block_index = {block: i for i, block in enumerate(blocks)}
+    nodes = len(splits[0])
+    members = np.asarray([[block_index[b] for b in split] for split in splits], dtype=np.int64)
+    table = np.asarray(
+        [[_or_impossible(search.lower(block, node)) for node in range(nodes)] for block in blocks],
+        dtype=np.int64,
+    )
+    analytical = least_matching(table, members)[0]
+    tightened: set[tuple[int, int]] = set()
     settled = False
-    value, index = best()
+    value, split_at, node_of = least_matching(table, members)
     for _ in range(max_rounds):
         if value >= IMPOSSIBLE:
             settled = True
             break
-        split = splits[index]
-        _, node_of = search.matching(split, cost)
-        fresh = [(block, node) for block, node in zip(split, node_of, strict=True)]
-        fresh = [key for key in fresh if key not in flows]
+        fresh = [
+            (int(b), int(n))
+            for b, n in zip(members[split_at], node_of, strict=True)
+            if (int(b), int(n)) not in tightened
+        ]
         if not fresh:
             settled = True
             break
-        for block, node in fresh:
+        for b, n in fresh:
+            block = blocks[b]
             weights = [search.weights[e] for e in search.block_experts(block)]
-            flows[(block, node)] = flow_node_bound(weights, search.old_held(block, node), budget)
-        value, index = best()
+            flow = flow_node_bound(weights, search.old_held(block, n), budget)
+            table[b, n] = IMPOSSIBLE if flow is None else max(int(table[b, n]), flow)
+            tightened.add((b, n))
+        value, split_at, node_of = least_matching(table, members)
     return TransferBound(
         None if value >= IMPOSSIBLE else value,
         None if analytical >= IMPOSSIBLE else analytical,
-        len(flows),
+        len(tightened),
         settled,
     )
