@@ -4,6 +4,7 @@ refinement steps and of rebalancing, and one ``Violation`` type for what is wron
 This package imports nothing from the rest of the project.
 """
 
+from spec.budgeted import check_budgeted_rebalance, exact_peaks, peak_limits
 from spec.migration import (
     TransferCounts,
     TransferSchedule,
@@ -57,6 +58,7 @@ __all__ = [
     "Violation",
     "ViolationCode",
     "balancedness",
+    "check_budgeted_rebalance",
     "check_count_refinement",
     "check_placement",
     "check_rebalance",
@@ -64,6 +66,7 @@ __all__ = [
     "check_swap_refinement",
     "count_transfers",
     "duplicate_labels_added",
+    "exact_peaks",
     "gpu_loads",
     "gpus_with_duplicate_replicas",
     "kept_slot_shortfall",
@@ -71,6 +74,7 @@ __all__ = [
     "needed_transfers",
     "network_nodes",
     "peak_gpu_load",
+    "peak_limits",
     "peak_replica_load",
     "policy_for",
     "replica_loads",

@@ -15,7 +15,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from impl import balance, rebalance_experts, relabel_gpus, schedule_transfers
+from impl.incremental import rebalance_incremental
 from impl.migration import apply_slot_map, keep_slots, slots_of_gpus
+from oracle.budgeted import transfer_lower_bound
 from oracle.cpsat import SolverSettings
 from oracle.migration import (
     analytical_lower_bounds,
@@ -652,3 +654,53 @@ def test_the_tradeoff_curve_falls_to_zero_and_brackets_the_exact_answer() -> Non
         assert truth.upper is not None
         assert point.lower <= truth.upper
         assert point.upper is None or point.upper >= truth.upper
+
+
+@given(
+    oracle_cases(),
+    st.sampled_from([Fraction(0), Fraction(1, 100), Fraction(1, 10), Fraction(1, 2)]),
+)
+@settings(max_examples=30)
+@example(
+    (BalancingProblem(np.array([[5.0, 1, 3, 7]]), 4, 2, 2, 2), np.array([[0, 1, 2, 3]])),
+    Fraction(0),
+)
+@example(
+    (
+        BalancingProblem(np.array([[0.0, 0.0, 1.0, 0.0]]), 8, 2, 2, 4),
+        np.array([[0, 1, 0, 0, 2, 3, 2, 2]]),
+    ),
+    Fraction(1, 100),
+)
+def test_the_flow_bound_and_the_incremental_answer_bracket_brute_force(
+    case: tuple[BalancingProblem, IntArray], eps: Fraction
+) -> None:
+    """``oracle.budgeted.transfer_lower_bound`` is never above the fewest transfers of
+    any placement within the budget (brute force), and never below the analytical
+    bound; the incremental rebalancer, asked for the proven optimum's tolerance, is
+    never below brute force and, when it does not fall back, within the budget."""
+    problem, previous = case
+    candidates = all_placements(problem)
+    peaks = {tuple(row): placement_peak(problem, 0, row) for row in candidates}
+    best = min(peaks.values())
+    for budget in (peak_budget(best, eps), best * Fraction(9, 10)):
+        within = [row for row in candidates if peaks[tuple(row)] <= budget]
+        answer = transfer_lower_bound(problem, 0, previous[0].tolist(), budget)
+        if not within:
+            assert answer.bound is None
+            continue
+        fewest = min(cost_triple(problem, previous[0], np.asarray(row))[0] for row in within)
+        assert answer.bound is not None
+        assert answer.analytical is not None
+        assert answer.analytical <= answer.bound <= fewest
+    result = rebalance_incremental(problem, previous, eps=eps, reference_peaks=[best])
+    transfers = int(result.transfers[0])
+    peak = placement_peak(problem, 0, result.phy2log[0].tolist())
+    fewest_at_peak = min(
+        cost_triple(problem, previous[0], np.asarray(row))[0]
+        for row in candidates
+        if peaks[tuple(row)] <= peak
+    )
+    assert transfers >= fewest_at_peak
+    if not result.fell_back[0]:
+        assert peak <= peak_budget(best, eps)
