@@ -227,12 +227,12 @@ def scaled_problems(
     draw: st.DrawFn, max_layers: int = 4, styles: tuple[str, ...] = SCALED_STYLES
 ) -> BalancingProblem:
     """A problem of real size (``scaled_clusters``); each layer draws its own style and
-    seed, so layers differ."""
+    has its own seed, so layers differ."""
     experts, cluster = draw(scaled_clusters())
     layers = draw(st.integers(1, max_layers))
+    seed = draw(st.integers(0, 2**16))  # one seed per layer: no two layers alike
     rows = [
-        seeded_row(draw(st.sampled_from(styles)), draw(st.integers(0, 2**16)), experts)
-        for _ in range(layers)
+        seeded_row(draw(st.sampled_from(styles)), seed + layer, experts) for layer in range(layers)
     ]
     return BalancingProblem(np.asarray(rows, dtype=np.float64), *cluster.as_tuple())
 
@@ -250,16 +250,17 @@ def gate_integer_problems() -> st.SearchStrategy[BalancingProblem]:
 
 @st.composite
 def layered_problems(draw: st.DrawFn) -> BalancingProblem:
-    """Two to six layers that differ (each its own style and seed), small or of real
-    size: a defect tied to a layer's index, count or position shows on one of them."""
+    """Two to six layers that differ (each its own style, consecutive seeds), small or
+    of real size: a defect tied to a layer's index, count or position shows on one of them."""
     if draw(st.booleans()):
         experts, cluster = draw(clusters())
     else:
         experts, cluster = draw(scaled_clusters())
     layers = draw(st.integers(2, 6))
+    seed = draw(st.integers(0, 2**16))
     rows = [
-        seeded_row(draw(st.sampled_from(SCALED_STYLES)), draw(st.integers(0, 2**16)), experts)
-        for _ in range(layers)
+        seeded_row(draw(st.sampled_from(SCALED_STYLES)), seed + layer, experts)
+        for layer in range(layers)
     ]
     return BalancingProblem(np.asarray(rows, dtype=np.float64), *cluster.as_tuple())
 
