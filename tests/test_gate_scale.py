@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
+import impl
 from impl.balancer import balance
 from properties.gate import GateReport, gate_report_text, run_gate
 from properties.quality import (
@@ -27,7 +28,7 @@ from properties.quality import (
     upper_bounds,
 )
 from properties.strategies import REAL_EXPERT_COUNTS, scaled_problems, seeded_row
-from properties.suite import Finding, check_deterministic, in_process
+from properties.suite import Finding, check_deterministic, check_optimality, in_process
 from spec.problem import BalancingProblem
 
 SCALE = str(Path(__file__).parent / "targets" / "scale.py")
@@ -175,3 +176,20 @@ def test_generated_problems_reach_real_sizes() -> None:
     assert layered
     assert all(not np.array_equal(p.loads[0], p.loads[-1]) for p in layered[:20])
     assert len(seeded_row("token-counts", 0, 384)) == 384
+
+
+def test_the_reference_is_proven_60_percent_above_the_optimum_on_a_hand_picked_problem() -> None:
+    """The README's reason for --max-gap 99 in its example: on ``[[1e-30, 1e30, 1e-25,
+    1e25]]``, 8 slots on 4 GPUs, the reference gives the hot expert 5 replicas, two on one
+    GPU; the oracle's placement gives it 4, one per GPU."""
+    problem = BalancingProblem([[1e-30, 1e30, 1e-25, 1e25]], 8, 2, 1, 4)
+    proven: list[ProvenGap] = []
+    check_optimality(in_process(impl.rebalance_experts), problem, None, proven=proven)
+    (gap,) = proven
+    assert gap.source == "oracle placement"
+    assert Fraction(59, 100) < gap.gap < Fraction(60, 100)
+    report = run_gate(
+        "impl:rebalance_experts", quick=True, checks=["optimality"], max_gap_percent=99
+    )
+    assert report.verdict == "pass", report.summary()
+    assert 0.59 < report.proven_gaps["max"] < 0.6
