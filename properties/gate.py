@@ -55,6 +55,16 @@ from properties.isolation import (
     TargetError,
     TensorArg,
 )
+from properties.quality import (
+    ProvenGap,
+    describe_gap,
+    exact_percent,
+    exact_text,
+    proven_gaps,
+    trace_upper_bounds,
+)
+from properties.quality import above_limit as proven_gap_above
+from properties.quality import summarise as summarise_proven
 from properties.rebalance import (
     PreviousArgument,
     RebalanceTally,
@@ -68,12 +78,13 @@ from properties.strategies import (
     RebalanceCase,
     count_cases,
     engine_regime_examples,
-    integer_problems,
+    gate_integer_problems,
+    gate_problems,
     problems,
     rebalance_gate_cases,
     schedule_cases,
+    scored_problems,
     swap_cases,
-    tiny_problems,
 )
 from properties.suite import (
     BadInput,
@@ -89,7 +100,9 @@ from properties.suite import (
     check_refinement_a,
     check_refinement_b,
     number,
+    other_inputs,
     percent,
+    same_outputs,
 )
 from properties.workloads import TRACE_CLUSTER, default_workloads
 from spec.objectives import balancedness, gpu_loads, gpus_with_duplicate_replicas, peak_gpu_load
@@ -132,6 +145,8 @@ class Budget:
     trace_repeats: int
     rebalance: int = 30
     schedule: int = 30
+    traces_elsewhere: int | None = 1  # traces scored at each of the other clusters
+    clusters_elsewhere: tuple[tuple[int, int, int, int], ...] = ((288, 8, 1, 8),)
 
 
 QUICK = Budget(
@@ -139,22 +154,26 @@ QUICK = Budget(
     contract=100,
     deterministic=20,
     input_forms=20,
-    optimality=25,
+    optimality=40,
     traces=2,
-    trace_repeats=1,
+    trace_repeats=2,
     rebalance=30,
     schedule=30,
+    traces_elsewhere=1,
+    clusters_elsewhere=((288, 8, 1, 8),),
 )
 THOROUGH = Budget(
     "thorough",
     contract=800,
     deterministic=100,
     input_forms=100,
-    optimality=150,
+    optimality=200,
     traces=None,
     trace_repeats=3,
     rebalance=150,
     schedule=200,
+    traces_elsewhere=None,
+    clusters_elsewhere=((288, 8, 2, 16), (288, 8, 1, 8)),
 )
 
 
@@ -167,6 +186,11 @@ class TraceResult:
     max_peak_over_lower_bound: float
     gpus_with_duplicate_replicas: int
     seconds_per_call: float
+    cluster: tuple[int, int, int, int] = TRACE_CLUSTER
+    mean_proven_gap: float = 0.0  # peak over the least peak of a valid placement at hand, - 1
+    max_proven_gap: float = 0.0
+    max_proven_gap_layer: int = 0
+    max_proven_gap_source: str = ""
 
 
 def message_shape(message: str) -> str:
@@ -205,6 +229,8 @@ class GateReport:
     seconds: float = 0.0
     rebalance: dict[str, Any] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=dict)
+    traces_elsewhere: list[TraceResult] = field(default_factory=list)
+    proven_gaps: dict[str, Any] = field(default_factory=dict)
 
     @property
     def violations(self) -> list[Finding]:
@@ -230,7 +256,8 @@ class GateReport:
         )
 
     def summary(self) -> str:
-        lines = [f"eplb-spec gate: {printable(self.target)}: {self.verdict.upper()}"]
+        checked = ", ".join(self.header.get("checked") or [self.target])
+        lines = [f"eplb-spec gate: {printable(checked)}: {self.verdict.upper()}"]
         for key in ("call", "target_file", "budget"):
             if key in self.header:
                 lines.append(f"  {key.replace('_', ' ')}: {printable(str(self.header[key]))}")
@@ -258,6 +285,8 @@ class GateReport:
             "bad_inputs": self.bad_inputs,
             "optimality": self.optimality,
             "traces": [asdict(t) for t in self.traces],
+            "traces_elsewhere": [asdict(t) for t in self.traces_elsewhere],
+            "proven_gaps": self.proven_gaps,
             "rebalance": self.rebalance,
             "schedule": self.schedule,
             "seconds": self.seconds,
@@ -429,6 +458,8 @@ class GateRun:
     memory_mb: int
     gaps: list[Gap] = field(default_factory=list)
     previous: PreviousArgument | None = None  # how the target takes an old placement
+    proven: list[ProvenGap] = field(default_factory=list)  # every layer scored
+    failing_proven: list[ProvenGap] = field(default_factory=list)  # the last failing example
 
     @property
     def gave_up(self) -> bool:
@@ -516,7 +547,8 @@ def run_sections(run: GateRun, chosen: Collection[str]) -> None:
         check_contract(call, problem, soft, run.dtype_for(problem.loads))
 
     def deterministic(problem: BalancingProblem, state: Hunt) -> None:
-        check_deterministic(call, problem, run.dtype_for(problem.loads))
+        between = [p for p in other_inputs(problem) if run.outside(p) is None]
+        check_deterministic(call, problem, run.dtype_for(problem.loads), between)
 
     def input_forms(problem: BalancingProblem, state: Hunt) -> None:
         check_input_forms(call, problem, run.dtype_for(problem.loads))
@@ -525,21 +557,31 @@ def run_sections(run: GateRun, chosen: Collection[str]) -> None:
         soft = SoftFindings(state, problem)
         dtype = run.dtype_for(problem.loads)
         found: list[Gap] = []
+        proven: list[ProvenGap] = []
+        where = describe(problem)
         try:
-            check_optimality(call, problem, run.max_gap_percent, soft, dtype, seen=found)
+            check_optimality(
+                call, problem, run.max_gap_percent, soft, dtype, seen=found, proven=proven
+            )
+        except Finding:  # Hypothesis replays the smallest failing example last
+            run.failing_proven = [replace(g, where={**where, "layer": g.layer}) for g in proven]
+            raise
         finally:  # the first example above the limit counts in the summary too
             if not state.failed:
                 run.gaps.extend(found)
+        if not state.failed:
+            run.proven.extend(replace(g, where={**where, "layer": g.layer}) for g in proven)
         if currently_in_test_context():  # not for the hand-picked problems
             steer_towards(max((g.relative for g in found), default=0.0), label="gap to optimum")
+            steer_towards(max((float(g.gap) for g in proven), default=0.0), label="proven gap")
 
     sections: list[
         tuple[str, st.SearchStrategy[BalancingProblem], Callable[[BalancingProblem, Hunt], None]]
     ] = [
-        ("contract", problems(), contract),
-        ("deterministic", problems(), deterministic),
-        ("input-forms", integer_problems(), input_forms),
-        ("optimality", tiny_problems(), optimality),
+        ("contract", gate_problems(), contract),
+        ("deterministic", gate_problems(), deterministic),
+        ("input-forms", gate_integer_problems(), input_forms),
+        ("optimality", scored_problems(), optimality),
     ]
     examples = {
         "contract": run.budget.contract,
@@ -565,6 +607,8 @@ def run_sections(run: GateRun, chosen: Collection[str]) -> None:
         picked = engine_regime_examples() if name in ("contract", "optimality") else []
         state = hunt(name, strategy, run.guarded(check), examples[name], run.progress, picked)
         run.finish_hunt(name, state)
+        if name == "optimality" and state.finding is not None:
+            run.proven.extend(run.failing_proven)
     summarise_gaps(run)
 
 
@@ -583,6 +627,20 @@ def summarise_gaps(run: GateRun) -> None:
         "gaps": [
             {"peak": g.peak, "optimum": str(g.optimum), "relative": g.relative} for g in proven
         ],
+    }
+
+
+def summarise_proven_gaps(run: GateRun) -> None:
+    """The proven gaps of every layer scored, overall and for generated problems and
+    traces apart; the worst one named with its input."""
+    if not run.proven:
+        return
+    traced = [g for g in run.proven if g.where is not None and "trace" in g.where]
+    generated = [g for g in run.proven if g.where is None or "trace" not in g.where]
+    run.report.proven_gaps = {
+        **summarise_proven(run.proven),
+        "generated": summarise_proven(generated),
+        "traces": summarise_proven(traced),
     }
 
 
@@ -710,49 +768,97 @@ def trace_cluster(run: GateRun, loads: np.ndarray) -> tuple[int, int, int, int] 
     return None
 
 
+def trace_jobs(
+    run: GateRun, chosen: list[Any], main: tuple[int, int, int, int]
+) -> list[tuple[Any, tuple[int, int, int, int]]]:
+    """Every chosen trace at ``main``, and the first ``traces_elsewhere`` of them at each
+    of the budget's ``clusters_elsewhere`` in the target's domain: 1 node of 8 GPUs in a
+    quick run, 2 nodes of 8 and 1 node in a thorough one, with the usual 32 redundant
+    slots (the main cluster is 4 nodes of 8)."""
+    jobs = [(workload, main) for workload in chosen]
+    count = run.budget.traces_elsewhere
+    for cluster in run.budget.clusters_elsewhere:
+        if cluster == main:
+            continue
+        why = run.outside(BalancingProblem(chosen[0].loads, *cluster))
+        if why is not None:
+            run.report.notes.append(f"traces not scored at {cluster}: {why}")
+            continue
+        jobs += [(workload, cluster) for workload in chosen[:count]]
+    return jobs
+
+
 def traces_section(run: GateRun, data: str | None) -> None:
     workloads, note = default_workloads(data)
     run.report.notes.append(note)
     chosen = workloads if run.budget.traces is None else workloads[: run.budget.traces]
-    cluster = trace_cluster(run, chosen[0].loads)
-    if cluster is None:
+    main = trace_cluster(run, chosen[0].loads)
+    if main is None:
         run.report.checks["traces"] = "skipped: outside the target's domain"
         return
-    run.report.header["trace_cluster"] = list(cluster)
-    where_cluster = dict(zip(CLUSTER_KEYS, cluster, strict=True))
+    run.report.header["trace_cluster"] = list(main)
+    jobs = trace_jobs(run, chosen, main)
     failed = 0
-    for index, workload in enumerate(chosen):
-        run.progress.show("traces", index, len(chosen))
-        problem = BalancingProblem(workload.loads, *cluster)
+    for index, (workload, cluster) in enumerate(jobs):
+        run.progress.show("traces", index, len(jobs))
         if run.gave_up:
             break
-        times = []
-        outputs = None
-        for _ in range(run.budget.trace_repeats):
-            soft: list[Finding] = []
-            try:
-                outputs, result = check_contract(
-                    run.call, problem, soft, run.dtype_for(problem.loads)
-                )
-            except Finding as broken:
-                failed += 1
-                run.report.record(broken, {"trace": workload.name, **where_cluster})
-                outputs = None
-                break
-            for type_only in soft:
-                run.report.record(type_only, {"trace": workload.name, **where_cluster})
-            times.append(result.seconds)
+        problem = BalancingProblem(workload.loads, *cluster)
+        where = {"trace": workload.name, **dict(zip(CLUSTER_KEYS, cluster, strict=True))}
+        outputs, times = call_on_trace(run, problem, where)
         if outputs is None:
+            failed += 1
             continue
-        run.report.traces.append(
-            score_trace(workload.name, workload.generated, problem, outputs, times)
+        gaps = proven_gaps(
+            problem,
+            outputs.phy2log,
+            trace_upper_bounds(problem),
+            trace_lower_bounds(problem),
+            where,
         )
-    run.progress.show("traces", len(chosen), len(chosen))
+        run.proven.extend(gaps)
+        limit = run.max_gap_percent
+        worst = None if limit is None else proven_gap_above(gaps, limit)
+        if worst is not None:
+            failed += 1
+            finding = Finding("optimality", describe_gap(worst, limit), "max-gap")
+            run.report.record(finding, worst.where)
+        scored = score_trace(workload.name, workload.generated, problem, outputs, times, gaps)
+        (run.report.traces if cluster == main else run.report.traces_elsewhere).append(scored)
+    run.progress.show("traces", len(jobs), len(jobs))
     run.progress.end()
-    scored = len(run.report.traces)
-    run.report.checks["traces"] = f"{len(chosen)} traces, {scored} scored: " + (
-        "FAIL" if failed else "pass"
+    scored_count = len(run.report.traces) + len(run.report.traces_elsewhere)
+    clusters = len({cluster for _, cluster in jobs})
+    run.report.checks["traces"] = (
+        f"{len(jobs)} (trace, cluster) pairs at {clusters} clusters, {scored_count} scored: "
+        + ("FAIL" if failed else "pass")
     )
+
+
+def call_on_trace(
+    run: GateRun, problem: BalancingProblem, where: dict[str, Any]
+) -> tuple[Any, list[float]]:
+    """The target's valid outputs on a trace (every repeat the same placement) and the
+    time of each call; None for the outputs after a finding."""
+    times: list[float] = []
+    first = None
+    for _ in range(run.budget.trace_repeats):
+        soft: list[Finding] = []
+        try:
+            outputs, result = check_contract(run.call, problem, soft, run.dtype_for(problem.loads))
+        except Finding as broken:
+            run.report.record(broken, where)
+            return None, times
+        for type_only in soft:
+            run.report.record(type_only, where)
+        if first is not None and not same_outputs(first, outputs):
+            message = "a trace called again gave another placement"
+            run.report.record(Finding("deterministic", message, "trace-repeats"), where)
+            return None, times
+        if first is None:
+            first = outputs
+        times.append(result.seconds)
+    return first, times
 
 
 BOUNDS_KEPT = 32
@@ -773,8 +879,14 @@ def trace_lower_bounds(problem: BalancingProblem) -> list[Fraction]:
 
 
 def score_trace(
-    name: str, generated: bool, problem: BalancingProblem, outputs: Any, times: list[float]
+    name: str,
+    generated: bool,
+    problem: BalancingProblem,
+    outputs: Any,
+    times: list[float],
+    proven: list[ProvenGap] | None = None,
 ) -> TraceResult:
+    """One trace's scores; ``proven``: its layers' proven gaps (``properties.quality``)."""
     phy2log, logcnt = np.asarray(outputs.phy2log), np.asarray(outputs.logcnt)
     loads = gpu_loads(problem.loads, phy2log, logcnt, problem.num_gpus)
     peaks = peak_gpu_load(problem.loads, phy2log, logcnt, problem.num_gpus)
@@ -794,7 +906,22 @@ def score_trace(
             gpus_with_duplicate_replicas(phy2log, problem.num_gpus).sum()
         ),
         seconds_per_call=statistics.median(times),
+        cluster=(problem.num_replicas, problem.num_groups, problem.num_nodes, problem.num_gpus),
+        **proven_fields(proven or []),
     )
+
+
+def proven_fields(gaps: list[ProvenGap]) -> dict[str, Any]:
+    """A ``TraceResult``'s proven gap fields."""
+    if not gaps:
+        return {}
+    worst = max(gaps, key=lambda g: (g.gap, -g.layer))
+    return {
+        "mean_proven_gap": statistics.fmean(float(g.gap) for g in gaps),
+        "max_proven_gap": float(worst.gap),
+        "max_proven_gap_layer": worst.layer,
+        "max_proven_gap_source": worst.source,
+    }
 
 
 def refinement_section(
@@ -1080,17 +1207,23 @@ def gate_body(
                 "(transfers [T, 5], num_batches [L])"
             )
         )
+    others = [("schedule", schedule), ("refinement-a", refine_a), ("refinement-b", refine_b)]
+    balancer_checked = bool(set(chosen) - {name for name, _ in others})
+    report.header["checked"] = [report.target] * balancer_checked + [
+        f"{name} {target}" for name, target in others if target is not None and name in chosen
+    ]  # what the headline names
     first = BalancingProblem([[1.0, 2.0]], 2, 1, 1, 1)
     try:
-        probe = call_ok(run.call, first, run.dtype_for(first.loads))
+        probe = call_ok(run.call, first, run.dtype_for(first.loads)) if balancer_checked else None
     except Finding as finding:
         report.record(finding, describe(first))
     else:
-        report.header["returns"] = probe.returned
-        report.notes.append(f"the target returns {probe.returned}")
-        value = probe.value
-        if not (isinstance(value, (tuple, list)) and len(value) == 3):
-            report.notes.append("log2phy and logcnt are derived from the returned phy2log")
+        if probe is not None:
+            report.header["returns"] = probe.returned
+            report.notes.append(f"the target returns {probe.returned}")
+            value = probe.value
+            if not (isinstance(value, (tuple, list)) and len(value) == 3):
+                report.notes.append("log2phy and logcnt are derived from the returned phy2log")
     run_sections(run, chosen)
     if "bad-input" in chosen:
         bad_input_section(run)
@@ -1099,6 +1232,7 @@ def gate_body(
             report.checks["traces"] = "skipped: the target hung or crashed too often"
         else:
             traces_section(run, data)
+    summarise_proven_gaps(run)
     if "rebalance" in chosen and run.previous is not None:
         if run.gave_up:
             report.checks["rebalance"] = "skipped: the target hung or crashed too often"
@@ -1140,22 +1274,29 @@ def gate_report_text(report: GateReport) -> str:
             f"max gap {percent(o['max_gap'])} "
             f"(peak {number(o['max_gap_peak'])} vs {o['max_gap_optimum']})"
         )
+    if report.proven_gaps:
+        lines += proven_gap_lines(report.proven_gaps)
     if report.traces:
         lines.append(
-            f"  real traces at {tuple(report.header.get('trace_cluster', TRACE_CLUSTER))}:"
+            f"  real traces at {tuple(report.header.get('trace_cluster', TRACE_CLUSTER))}"
+            + (" and elsewhere" if report.traces_elsewhere else "")
+            + ":"
         )
         lines.append(
-            f"    {'trace':<26}{'balancedness':>13}{'peak/LB mean':>14}{'max':>8}"
-            f"{'dup GPUs':>10}{'s/call':>9}"
+            f"    {'trace':<26}{'cluster':<18}{'balancedness':>13}{'peak/LB mean':>14}{'max':>8}"
+            f"{'proven mean':>12}{'max':>8}{'dup GPUs':>10}{'s/call':>9}"
         )
-        for t in report.traces:
+        for t in [*report.traces, *report.traces_elsewhere]:
             lines.append(
-                f"    {t.trace:<26}{t.balancedness:>13.4f}{t.mean_peak_over_lower_bound:>14.4f}"
-                f"{t.max_peak_over_lower_bound:>8.4f}{t.gpus_with_duplicate_replicas:>10}"
-                f"{t.seconds_per_call:>9.3f}"
+                f"    {t.trace:<26}{tuple(t.cluster)!s:<18}{t.balancedness:>13.4f}"
+                f"{t.mean_peak_over_lower_bound:>14.4f}{t.max_peak_over_lower_bound:>8.4f}"
+                f"{percent(t.mean_proven_gap):>12}{percent(t.max_proven_gap):>8}"
+                f"{t.gpus_with_duplicate_replicas:>10}{t.seconds_per_call:>9.3f}"
             )
         lines.append(
             "    peak/LB: peak GPU load over a certified lower bound on the optimum (1 is optimal);"
+            " proven: the peak's gap to the least peak of a valid placement at hand (the "
+            "reference's or the baseline's), which the optimum cannot exceed;"
             " s/call: wall time of one isolated call, seen from the gate."
         )
     if report.rebalance:
@@ -1183,6 +1324,27 @@ def gate_report_text(report: GateReport) -> str:
         )
     lines.append(f"  {report.seconds:.1f} s")
     return "\n".join(lines)
+
+
+def proven_gap_lines(proven: dict[str, Any]) -> list[str]:
+    """The proven gaps' summary and the worst one, named."""
+    parts = [
+        f"{proven[part]['layers']} {label}"
+        for part, label in (("generated", "generated"), ("traces", "of traces"))
+        if proven.get(part)
+    ]
+    worst = proven["worst"]
+    where = worst["input"] or {}
+    shown = printable(json.dumps(where), 600)
+    return [
+        f"  proven gaps (peak over the least peak of a valid placement at hand, which the "
+        f"optimum cannot exceed): {proven['layers']} layers ({', '.join(parts)}), "
+        f"{proven['at_upper_bound']} at that bound, mean {percent(proven['mean'])}, worst "
+        f"{exact_percent(Fraction(worst['proven_gap_exact']))}",
+        f"    worst: layer {worst['layer']}, peak {exact_text(Fraction(worst['peak']))} vs "
+        f"{exact_text(Fraction(worst['upper_bound']))} ({worst['upper_bound_source']}), "
+        f"{percent(worst['gap_to_lower_bound'])} above the certified lower bound; input {shown}",
+    ]
 
 
 def write_json(path: str, document: dict[str, Any]) -> None:

@@ -6,7 +6,9 @@ or floats; and the regime engines meet: token counts in the thousands to billion
 exact and near ties (where float32 arithmetic and small additive tie-break offsets stop
 separating values), values near the float32 limits, and rows mixing tiny and huge loads.
 Shapes run from one expert on one GPU to a few dozen experts on a dozen GPUs, under both
-the hierarchical and the global policy.
+the hierarchical and the global policy; ``scaled_problems`` adds the sizes real models
+and deployments use (8 to 384 experts, 1 to 36 nodes, 8 to 288 GPUs, up to a few hundred
+redundant slots), each layer with loads of its own.
 """
 
 from __future__ import annotations
@@ -148,6 +150,125 @@ def problems(draw: st.DrawFn, max_layers: int = 3) -> BalancingProblem:
 
 INTEGER_STYLES = ("small-integers", "integers", "zeros", "ties", "dominant", "large-ties")
 """Styles whose values are integers exact in int64, float32 and float64."""
+
+REAL_EXPERT_COUNTS = (8, 16, 32, 60, 64, 128, 160, 256, 384)
+"""Routed experts per layer in released MoE models (Mixtral 8, Qwen1.5-MoE 60, OLMoE 64,
+Qwen3-MoE 128, DeepSeek-V2 160, DeepSeek-V3 256, Kimi K2 384) and a few powers of two."""
+MIN_SCALED_GPUS, MAX_SCALED_GPUS, MAX_SCALED_NODES = 8, 288, 36
+MAX_REDUNDANCY = 320
+
+SCALED_STYLES = (*INTEGER_STYLES, "token-counts", "floats", "near-equal", "wide")
+SCALED_INTEGER_STYLES = (*INTEGER_STYLES, "token-counts")
+
+
+@st.composite
+def scaled_clusters(draw: st.DrawFn) -> tuple[int, Cluster]:
+    """A number of experts from ``REAL_EXPERT_COUNTS`` and a cluster of real size: 1 to 36
+    nodes of 1 to 8 GPUs (8 to 288 GPUs in all), groups that divide the experts (the
+    hierarchical policy) or not a multiple of the nodes (the global one), and 0 to
+    ``MAX_REDUNDANCY`` redundant slots, rounded up to fill every GPU equally."""
+    experts = draw(st.sampled_from(REAL_EXPERT_COUNTS))
+    nodes = draw(st.integers(1, MAX_SCALED_NODES))
+    low = max(1, -(-MIN_SCALED_GPUS // nodes))
+    per_node = draw(st.sampled_from([k for k in (1, 2, 4, 8) if k >= low] or [8]))
+    gpus = min(nodes * per_node, MAX_SCALED_GPUS)
+    divisors = [d for d in range(1, experts + 1) if experts % d == 0]
+    grouped = [d for d in divisors if d % nodes == 0]
+    hierarchical: bool = draw(st.booleans())
+    if grouped and hierarchical:
+        groups = draw(st.sampled_from(grouped))
+    else:
+        ungrouped = [d for d in divisors if d % nodes]
+        if not ungrouped:  # one node: every group count is hierarchical
+            groups = draw(st.sampled_from(divisors))
+        else:
+            groups = draw(st.sampled_from(ungrouped))
+    redundancy = draw(st.integers(0, MAX_REDUNDANCY))
+    replicas = gpus * -(-(experts + redundancy) // gpus)
+    return experts, Cluster(replicas, groups, nodes, gpus)
+
+
+def seeded_row(style: str, seed: int, count: int) -> list[float]:
+    """``count`` loads of one style, from a seed (``load_values``' styles, and
+    ``token-counts``: log-normal token counts as in the traces); cheap at any size."""
+    rng = np.random.default_rng(seed)
+    if style == "small-integers":
+        values = rng.integers(0, 7, count)
+    elif style == "integers":
+        values = rng.integers(0, 2**24 + 1, count)
+    elif style == "zeros":
+        values = rng.integers(1, 101, count) * (rng.random(count) < 0.5)
+    elif style == "ties":
+        high, low = (int(x) for x in rng.integers(0, 51, 2))
+        values = np.where(rng.random(count) < 0.5, high, low)
+    elif style == "dominant":
+        values = rng.integers(0, 11, count)
+        values[rng.integers(count)] = rng.integers(1000, 10**6 + 1)
+    elif style == "large-ties":
+        shift, mantissa = int(rng.integers(0, 30)), int(rng.integers(2**11 + 8, 2**12))
+        choices = [mantissa << shift, (mantissa - int(rng.integers(1, 5))) << shift]
+        hot = rng.choice(np.asarray(choices, dtype=np.int64), count)
+        values = np.where(rng.random(count) < 0.5, hot, rng.integers(0, 2**11, count))
+    elif style == "token-counts":
+        scale = rng.uniform(1e2, 1e5)
+        values = np.minimum(np.round(scale * rng.lognormal(0.0, 1.0, count)), 2**24)
+    elif style == "floats":
+        return [float(x) for x in rng.uniform(0, 1e6, count)]
+    elif style == "near-equal":
+        base = float(rng.integers(1, 10**6 + 1))
+        return [max(0.0, base + s * 2**-20 * base) for s in rng.integers(-2, 3, count)]
+    else:  # wide
+        return [float(2.0**e) for e in rng.integers(-30, 31, count)]
+    return [float(x) for x in values]
+
+
+@st.composite
+def scaled_problems(
+    draw: st.DrawFn, max_layers: int = 4, styles: tuple[str, ...] = SCALED_STYLES
+) -> BalancingProblem:
+    """A problem of real size (``scaled_clusters``); each layer draws its own style and
+    has its own seed, so layers differ."""
+    experts, cluster = draw(scaled_clusters())
+    layers = draw(st.integers(1, max_layers))
+    seed = draw(st.integers(0, 2**16))  # one seed per layer: no two layers alike
+    rows = [
+        seeded_row(draw(st.sampled_from(styles)), seed + layer, experts) for layer in range(layers)
+    ]
+    return BalancingProblem(np.asarray(rows, dtype=np.float64), *cluster.as_tuple())
+
+
+def gate_problems() -> st.SearchStrategy[BalancingProblem]:
+    """The gate's problems: small ones of every style (``problems``) and real-size ones
+    (``scaled_problems``), about half each."""
+    return st.one_of(problems(), scaled_problems())
+
+
+def gate_integer_problems() -> st.SearchStrategy[BalancingProblem]:
+    """``gate_problems`` with integer loads exact in float32 (for the input forms)."""
+    return st.one_of(integer_problems(), scaled_problems(styles=SCALED_INTEGER_STYLES))
+
+
+@st.composite
+def layered_problems(draw: st.DrawFn) -> BalancingProblem:
+    """Two to six layers that differ (each its own style, consecutive seeds), small or
+    of real size: a defect tied to a layer's index, count or position shows on one of them."""
+    if draw(st.booleans()):
+        experts, cluster = draw(clusters())
+    else:
+        experts, cluster = draw(scaled_clusters())
+    layers = draw(st.integers(2, 6))
+    seed = draw(st.integers(0, 2**16))
+    rows = [
+        seeded_row(draw(st.sampled_from(SCALED_STYLES)), seed + layer, experts)
+        for layer in range(layers)
+    ]
+    return BalancingProblem(np.asarray(rows, dtype=np.float64), *cluster.as_tuple())
+
+
+def scored_problems() -> st.SearchStrategy[BalancingProblem]:
+    """The optimality section's problems: tiny ones the oracle solves exactly, and
+    multi-layer ones of any size scored against the best valid placement at hand."""
+    return st.one_of(tiny_problems(), layered_problems())
 
 
 @st.composite

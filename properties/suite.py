@@ -21,6 +21,16 @@ import numpy.typing as npt
 from oracle.pipeline import optimal_layer
 from oracle.result import Status
 from properties.isolation import CallFailure, CallResult, TensorArg
+from properties.quality import (
+    HEURISTIC_SLOTS,
+    ProvenGap,
+    UpperBound,
+    above_limit,
+    describe_gap,
+    lower_bounds,
+    proven_gaps,
+    upper_bounds,
+)
 from spec.objectives import peak_gpu_load
 from spec.placement import as_int_array, check_placement, placement_from_phy2log
 from spec.problem import BalancingProblem
@@ -189,11 +199,39 @@ def same_outputs(a: Outputs, b: Outputs) -> bool:
     )
 
 
-def check_deterministic(call: Caller, problem: BalancingProblem, dtype: str = "float64") -> None:
+def other_inputs(problem: BalancingProblem) -> list[BalancingProblem]:
+    """Inputs to call between two calls on ``problem``: its loads reversed (same shape),
+    and a small problem of another shape."""
+    reversed_loads = np.ascontiguousarray(problem.loads[:, ::-1])
+    return [
+        BalancingProblem(reversed_loads, *cluster_of(problem)),
+        BalancingProblem([[5.0, 1.0, 3.0, 3.0], [0.0, 2.0, 7.0, 1.0]], 6, 2, 1, 2),
+    ]
+
+
+def check_deterministic(
+    call: Caller,
+    problem: BalancingProblem,
+    dtype: str = "float64",
+    between: list[BalancingProblem] | None = None,
+) -> None:
+    """The same input gives the same placement back to back (A, A), and again after other
+    inputs (A, B, C, A; ``between``, default ``other_inputs``): an answer that depends on
+    the calls before is a finding."""
     first = read_outputs(call_ok(call, problem, dtype), problem)
     second = read_outputs(call_ok(call, problem, dtype), problem)
     if not same_outputs(first, second):
         raise Finding("deterministic", "the same input gave two different placements")
+    for other in other_inputs(problem) if between is None else between:
+        call_ok(call, other, dtype)
+    third = read_outputs(call_ok(call, problem, dtype), problem)
+    if not same_outputs(first, third):
+        raise Finding(
+            "deterministic",
+            "the same input gave another placement after other inputs were balanced in "
+            "between (the answer depends on earlier calls)",
+            "earlier-calls",
+        )
 
 
 def check_input_forms(call: Caller, problem: BalancingProblem, reference: str = "float64") -> None:
@@ -300,12 +338,18 @@ def check_optimality(
     soft: list[Finding] | None = None,
     dtype: str = "float64",
     seen: list[Gap] | None = None,
+    proven: list[ProvenGap] | None = None,
 ) -> list[Gap]:
     """Per layer: the peak is within ``max_gap_percent`` of the optimum when a limit is
     set and the optimum is proven. ``seen``, when given, receives each layer's gap as it
     is measured, the one above the limit included (the returned list is lost on a
     raise). A valid placement below the oracle's proven bound raises
     ``OracleContradiction``: that is a fault of this project, not of the target.
+
+    With ``proven`` given, it receives every layer's proven gap (``properties.quality``:
+    the peak against the best valid placement at hand, the oracle's answer included),
+    and a proven gap above ``max_gap_percent`` is a finding on problems of any size;
+    the oracle solves only tiny problems (``solved_exactly``) then.
 
     The oracle solves the contract's problem: under the hierarchical policy it tries
     every split of the groups over the nodes that ``check_placement`` accepts, unequal
@@ -321,7 +365,8 @@ def check_optimality(
         problem.loads, np.asarray(outputs.phy2log), np.asarray(outputs.logcnt), problem.num_gpus
     )
     gaps: list[Gap] = [] if seen is None else seen
-    for layer in range(problem.num_layers):
+    oracle: list[UpperBound | None] = []
+    for layer in range(problem.num_layers if proven is None or solved_exactly(problem) else 0):
         answer = optimal_layer(problem, layer).result
         peak = float(peaks[layer])
         tolerance = 1e-9 * max(1.0, abs(peak))
@@ -334,6 +379,8 @@ def check_optimality(
         reference = answer.objective if answer.objective is not None else answer.bound
         gap = Gap(peak, reference, answer.status is Status.OPTIMAL)
         gaps.append(gap)
+        solved = "oracle optimum" if gap.proven else "oracle placement"
+        oracle.append(None if answer.objective is None else UpperBound(answer.objective, solved))
         if (
             max_gap_percent is not None
             and gap.proven
@@ -345,7 +392,28 @@ def check_optimality(
                 f"optimum {reference} (limit {max_gap_percent:g}%)",
                 "max-gap",
             )
+    if proven is not None:
+        found = measure_proven_gaps(problem, outputs.phy2log, oracle)
+        proven.extend(found)
+        worst = None if max_gap_percent is None else above_limit(found, max_gap_percent)
+        if worst is not None:
+            raise Finding("optimality", describe_gap(worst, max_gap_percent), "max-gap")
     return list(gaps)
+
+
+def solved_exactly(problem: BalancingProblem) -> bool:
+    """Whether the optimality section asks the exact oracle (``tiny_problems``' sizes)."""
+    return problem.num_layers == 1 and problem.num_experts <= 6 and problem.num_replicas <= 8
+
+
+def measure_proven_gaps(
+    problem: BalancingProblem, phy2log: Any, oracle: list[UpperBound | None]
+) -> list[ProvenGap]:
+    """Every layer's proven gap: the oracle heuristic on problems up to
+    ``HEURISTIC_SLOTS`` slots per node, the reference and the baseline always."""
+    heuristic = problem.slots_per_node <= HEURISTIC_SLOTS
+    uppers = upper_bounds(problem, heuristic=heuristic, extra=oracle)
+    return proven_gaps(problem, phy2log, uppers, lower_bounds(problem))
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,9 @@ def test_the_reference_schedule_passes_the_schedule_section() -> None:
         schedule="properties.rebalance:reference_schedule",
     )
     assert report.verdict == "pass", report.summary()
+    # the headline names what was checked: the schedule, not the balancer never called
+    headline = report.summary().splitlines()[0]
+    assert headline == "eplb-spec gate: schedule properties.rebalance:reference_schedule: PASS"
     measured = report.schedule
     assert measured["rule"] == "exchanges allowed"
     assert measured["transfers"] > 0
