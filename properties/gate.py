@@ -1220,12 +1220,12 @@ def run_same_as(
     quick: bool = False,
     timeout_s: float = 60.0,
     data: str | None = None,
-    tolerate_ties: bool = False,
+    same_balance: bool = False,
     memory_mb: int = DEFAULT_MEMORY_MB,
 ) -> FidelityRun:
     """Fidelity mode: the target's placements against a reference's, step by step
     (``properties.fidelity``), with the target isolated as in the gate."""
-    from properties.fidelity import reference_named, run_fidelity
+    from properties.fidelity import fidelity_problems, reference_named, run_fidelity
 
     reference_named(same_as)  # ValueError before any work
     if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
@@ -1244,10 +1244,17 @@ def run_same_as(
             timeout_s,
             memory_mb,
         )
-        strategy = problems().filter(lambda p: run.outside(p) is None)
+        strategy = fidelity_problems().filter(lambda p: run.outside(p) is None)
+        picked = [p for p in engine_regime_examples() if run.outside(p) is None]
         workloads, note = default_workloads(data)
         try:
             cluster = trace_cluster(run, workloads[0].loads)
+            # the traces under the other policy too: 3 nodes do not split 8 groups
+            other = (TRACE_CLUSTER[0], TRACE_CLUSTER[1], 3, 24)
+            clusters = [c for c in (cluster, other) if c is not None]
+            clusters = [
+                c for c in clusters if run.outside(BalancingProblem(workloads[0].loads, *c)) is None
+            ]
             fidelity = run_fidelity(
                 run.call,
                 same_as,
@@ -1255,8 +1262,10 @@ def run_same_as(
                 examples=60 if quick else 200,
                 workloads=workloads,
                 max_traces=2 if quick else None,
-                tolerate_ties=tolerate_ties,
-                cluster=cluster,
+                same_balance=same_balance,
+                clusters=clusters,
+                picked=picked,
+                shrink_seconds=30 if quick else 120,
             )
             fidelity.notes[:0] = [note, *run.report.notes]
             return fidelity
@@ -1318,7 +1327,7 @@ def same_as_main(
     timeout_s: float,
     data: str | None,
     json_path: str | None,
-    tolerate_ties: bool,
+    same_balance: bool,
     memory_mb: int = DEFAULT_MEMORY_MB,
 ) -> int:
     """``eplb-spec gate --same-as NAME``: exit status as for the gate."""
@@ -1330,14 +1339,15 @@ def same_as_main(
             quick=quick,
             timeout_s=timeout_s,
             data=data,
-            tolerate_ties=tolerate_ties,
+            same_balance=same_balance,
             memory_mb=memory_mb,
         )
-        lines = [f"eplb-spec gate: {printable(target)}: same as {same_as}?"]
+        tolerant = " (--same-balance)" if same_balance else ""
+        lines = [f"eplb-spec gate: {printable(target)}: same as {same_as}?{tolerant}"]
         lines += [printable(line, 2000) for line in fidelity.summary().splitlines()]
         return fidelity.verdict, "\n".join(lines), {"target": target, **fidelity.to_json()}
 
-    return command(target, json_path, 1, run)
+    return command(target, json_path, 2, run)
 
 
 def gate_main(

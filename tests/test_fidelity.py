@@ -95,9 +95,9 @@ PORTS: list[tuple[str, str, set[Step], set[Kind]]] = [
     ("gpu_tie_last", "refined", {Step.PACKING, Step.LOG2PHY}, {Kind.TIE}),
     ("numbered_by_slot", "refined", {Step.LOG2PHY}, {Kind.TIE}),
     ("baseline_equal_loads_last", "baseline", {Step.PACKING, Step.SLOTS, Step.LOG2PHY}, {Kind.TIE}),
-    ("without_refinement_b", "refined", {Step.REFINEMENT_B}, {Kind.REAL}),
-    ("refinement_a_without_margin", "refined", {Step.REFINEMENT_A}, {Kind.REAL}),
-    ("split_in_index_order", "refined", {Step.SPLIT}, {Kind.TIE, Kind.REAL}),
+    ("without_refinement_b", "refined", {Step.REFINEMENT_B}, {Kind.RULE}),
+    ("refinement_a_without_margin", "refined", {Step.REFINEMENT_A}, {Kind.RULE}),
+    ("split_in_index_order", "refined", {Step.SPLIT}, {Kind.TIE, Kind.RULE}),
     # A packing one refinement-B swap away from the reference's greedy, with the swap B
     # could have made, reads as refinement B breaking a tie: the output cannot tell.
     (
@@ -152,7 +152,7 @@ def test_top_up_tie() -> None:
 def test_split_in_index_order() -> None:
     problem = BalancingProblem([[9, 9, 5, 5, 1, 1, 2, 2]], 8, 4, 2, 2)
     divergence = only(report_of(ports.split_in_index_order, problem, "refined"))
-    assert (divergence.step, divergence.kind, divergence.node) == (Step.SPLIT, Kind.REAL, None)
+    assert (divergence.step, divergence.kind, divergence.node) == (Step.SPLIT, Kind.RULE, None)
     assert divergence.detail == (
         "group 1 (load 10) goes to node 1 (load 0) in the reference; the target puts it on "
         "node 0 (load 18)"
@@ -171,7 +171,7 @@ def test_float32_group_sums_are_a_near_tie() -> None:
 def test_packing_without_labels() -> None:
     problem = BalancingProblem([[8, 4, 5]], 4, 1, 1, 2)
     divergence = only(report_of(ports.packing_without_labels, problem, "refined"))
-    assert (divergence.step, divergence.kind) == (Step.PACKING, Kind.REAL)
+    assert (divergence.step, divergence.kind) == (Step.PACKING, Kind.RULE)
     assert divergence.detail == (
         "a replica of expert 0 (load 4) goes to GPU 0 (held 0, load 5, count 1) in the "
         "reference; the target puts it on GPU 1 (held 1, load 4, count 1)"
@@ -190,7 +190,7 @@ def test_a_packing_equal_up_to_relabeling_is_a_tie() -> None:
 def test_refinement_b_skipped() -> None:
     problem = BalancingProblem([[6, 17, 2, 8]], 6, 1, 1, 2)
     divergence = only(report_of(ports.without_refinement_b, problem, "refined"))
-    assert (divergence.step, divergence.kind) == (Step.REFINEMENT_B, Kind.REAL)
+    assert (divergence.step, divergence.kind) == (Step.REFINEMENT_B, Kind.RULE)
     assert divergence.detail.startswith("the target equals the reference with refinement B off")
     assert report_of(ports.without_refinement_b, problem, "refined-without-b").identical
 
@@ -198,7 +198,7 @@ def test_refinement_b_skipped() -> None:
 def test_refinement_a_without_its_margin() -> None:
     problem = BalancingProblem([[0.0, 6.4e-150]], 4, 1, 1, 2)
     divergence = only(report_of(ports.refinement_a_without_margin, problem, "refined"))
-    assert (divergence.step, divergence.kind) == (Step.REFINEMENT_A, Kind.REAL)
+    assert (divergence.step, divergence.kind) == (Step.REFINEMENT_A, Kind.RULE)
     assert divergence.detail.startswith("the target moves a replica from expert 0 to expert 1")
     assert divergence.detail.endswith("; the reference moves none")
 
@@ -206,7 +206,7 @@ def test_refinement_a_without_its_margin() -> None:
 def test_slots_in_another_order() -> None:
     problem = BalancingProblem([[90, 132, 40, 61, 104, 165, 39, 4]], 12, 4, 2, 4)
     divergence = only(report_of(ports.slots_reversed, problem, "refined"))
-    assert (divergence.step, divergence.kind) == (Step.SLOTS, Kind.REAL)
+    assert (divergence.step, divergence.kind) == (Step.SLOTS, Kind.RULE)
     assert divergence.balance_equivalent
 
 
@@ -288,7 +288,7 @@ def test_run_fidelity_shrinks_to_a_small_input_at_the_right_step() -> None:
     first = run.generated[0]
     assert first.report is not None
     divergence = first.report.divergences[0]
-    assert (divergence.step, divergence.kind) == (Step.REFINEMENT_B, Kind.REAL)
+    assert (divergence.step, divergence.kind) == (Step.REFINEMENT_B, Kind.RULE)
     problem = BalancingProblem(
         first.input["weight"],
         first.input["num_replicas"],

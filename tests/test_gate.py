@@ -233,7 +233,7 @@ def test_the_optimality_line_shows_a_tiny_gap_and_the_exact_peak() -> None:
             "--previous is given but the rebalance section is left out",
         ),
         (["--no-exchanges"], "--no-exchanges applies to a schedule"),
-        (["--tolerate-ties"], "--tolerate-ties applies to the fidelity mode"),
+        (["--tolerate-ties"], "--same-balance applies to the fidelity mode"),
         (["--same-as", "refined", "--max-gap", "5"], "--max-gap belong to the gate's checks"),
         (
             ["--same-as", "baseline", "--checks", "contract", "--previous", "6"],
