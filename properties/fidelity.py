@@ -1372,8 +1372,22 @@ class StopHunt(Exception):
 
 def describe_layer(problem: BalancingProblem, layer: int) -> str:
     """Where a generated layer is: its index and the whole input (a target may depend on
-    the other layers)."""
-    return f"layer {layer} of {json.dumps(describe_problem(problem))}"
+    the other layers), cut short past ``SHOWN`` characters."""
+    return f"layer {layer} of {shown(describe_problem(problem))}"
+
+
+SHOWN = 400
+
+
+def shown(value: dict[str, Any]) -> str:
+    """An input as JSON, cut short past ``SHOWN`` characters (the JSON report has it
+    whole)."""
+    text = json.dumps(value)
+    if len(text) <= SHOWN:
+        return text
+    shape = f"{len(value['weight'])} x {len(value['weight'][0])} loads"
+    cluster = tuple(value[k] for k in ("num_replicas", "num_groups", "num_nodes", "num_gpus"))
+    return f"{text[:SHOWN]}... ({shape} at {cluster}; whole in the JSON report)"
 
 
 @dataclass
@@ -1392,9 +1406,11 @@ class PolicyTally:
     def layers(self) -> int:
         return sum(self.classes.values())
 
-    def add(self, report: FidelityReport, where: Callable[[int], str]) -> None:
+    def add(self, report: FidelityReport, where: Callable[[int], str], count: bool = True) -> None:
+        """Count the report's layers (unless not ``count``: a shrunk input, a replay of
+        one already counted) and keep its worst and best ratios when beyond those met."""
         for verdict in report.layers:
-            self.classes[verdict.balance] += 1
+            self.classes[verdict.balance] += count
             found = verdict.divergence
             if found is None:
                 continue
@@ -1512,6 +1528,12 @@ def search_divergences(
         def search_once(problem: BalancingProblem) -> None:
             if failed:
                 raise StopHunt  # once the target fails, every example stops here
+            if shrinking and smallest and time.monotonic() > deadline[0]:
+                # out of time: only the smallest input found so far fails again
+                if describe_problem(problem) == describe_problem(smallest[-1][0]):
+                    smallest.append(smallest[-1])
+                    raise AssertionError(smallest[-1][1].summary())
+                return
             try:
                 report = fidelity_of(call, problem, reference)
             except TargetFailed as error:
@@ -1527,11 +1549,7 @@ def search_divergences(
                 if report.violations:
                     raise StopHunt
                 return
-            wanted = bool(report.violations) or shrinking[0](report)
-            if wanted and time.monotonic() > deadline[0] and smallest:
-                # out of time: only the smallest input found so far fails again
-                wanted = describe_problem(problem) == describe_problem(smallest[-1][0])
-            if wanted:
+            if bool(report.violations) or shrinking[0](report):
                 smallest.append((problem, report))
                 raise AssertionError(report.summary())
 
@@ -1568,6 +1586,9 @@ def search_divergences(
     if smallest:  # Hypothesis replays the smallest failing example last
         problem, report = smallest[-1]
         results.append(DivergingInput(f"{name} (shrunk)", describe_problem(problem), report))
+        # a shrunk input may be farther from the reference than any the search met
+        tally = tallies.setdefault(problem.policy.value, PolicyTally(problem.policy.value))
+        tally.add(report, lambda layer: describe_layer(problem, layer), count=False)
     else:
         results.append(DivergingInput(f"{name} (as found)", describe_problem(problem), report))
     for kind in WORST_FIRST[:-1]:
@@ -1671,7 +1692,7 @@ class FidelityRun:
                 lines.append(f"  {self.tallies[policy].summary()}")
         for diverging in self.generated:
             lines.append(f"  {diverging.summary()}")
-            lines.append(f"    input: {json.dumps(diverging.input)}")
+            lines.append(f"    input: {shown(diverging.input)}")
         by_cluster: dict[tuple[int, int, int, int], list[TraceFidelity]] = {}
         for t in self.traces:
             by_cluster.setdefault(t.cluster, []).append(t)
