@@ -5,6 +5,7 @@ as a tie or as a real divergence."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -397,3 +398,21 @@ def test_run_fidelity_reports_a_failing_target() -> None:
     assert run.verdict == "fail"
     assert run.generated[0].failure is not None
     assert "no GPU" in run.generated[0].failure
+
+
+def test_the_gate_passes_a_balance_equivalent_port_only_with_same_balance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from eplb_spec.cli import main
+
+    port = f"{Path(__file__).parent / 'targets' / 'ports.py'}:baseline_ties_numbering_slots"
+    out = tmp_path / "fidelity.json"
+    command = ["gate", "--quick", "--impl", port, "--same-as", "baseline", "--json", str(out)]
+    assert main([*command, "--same-balance"]) == 0
+    text = capsys.readouterr().out
+    assert "fidelity against baseline: PASS: " in text
+    assert "all equivalent for balance" in text
+    document = json.loads(out.read_text())
+    assert (document["verdict"], document["same_balance"]) == ("pass", True)
+    assert main(command) == 1
+    assert "(--same-balance passes such a port)" in capsys.readouterr().out
