@@ -299,9 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
         "baseline)",
     )
     gate.add_argument(
+        "--same-balance",
         "--tolerate-ties",
+        dest="same_balance",
         action="store_true",
-        help="with --same-as: pass when every difference is a tie, equivalent for balance",
+        help="with --same-as: pass when every layer that differs is equivalent for balance "
+        "(the same GPU loads up to rounding: ties, near ties, numbering, slot order); a "
+        "layer with another peak or other GPU loads still fails (--tolerate-ties: old name)",
     )
     gate.add_argument(
         "--memory-mb",
@@ -439,8 +443,8 @@ def run_gate_command(args: argparse.Namespace) -> int:
 
         return gate_with_figure(args, run_gate_command)
 
-    if args.same_as is None and args.tolerate_ties:
-        raise ValueError("--tolerate-ties applies to the fidelity mode: give --same-as REFERENCE")
+    if args.same_as is None and args.same_balance:
+        raise ValueError("--same-balance applies to the fidelity mode: give --same-as REFERENCE")
     if args.same_as is not None:
         from properties.gate import same_as_main
 
@@ -468,7 +472,7 @@ def run_gate_command(args: argparse.Namespace) -> int:
             args.timeout,
             args.data,
             args.json,
-            args.tolerate_ties,
+            args.same_balance,
             args.memory_mb,
         )
 

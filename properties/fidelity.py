@@ -26,9 +26,12 @@ and on the real traces.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import json
+import math
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,12 +40,15 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings, target
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
+from hypothesis.errors import Flaky
 
 from impl.balancer import Variant
 from impl.explain import LayerTrace, NodeTrace, explain_layer, phy2log_row
 from impl.steps import Packing, bisected_counts, refine_counts, refine_swap
+from properties.strategies import load_values
 from properties.suite import Caller, Finding, call_ok, read_outputs
 from properties.workloads import TRACE_CLUSTER, Workload, default_workloads
 from spec.placement import check_placement, placement_from_phy2log
@@ -82,11 +88,42 @@ STEP_WORDS = {
 
 
 class Kind(enum.Enum):
-    """How the first differing decision differs."""
+    """How the first differing decision differs: the target took a choice the
+    reference's rule also allows under another breaking of exact ties (``TIE``), or of
+    keys within ``NEAR`` (``NEAR_TIE``), or one the rule never takes (``RULE``: the
+    target follows another rule there). The kind says nothing about balance: a layer's
+    effect on the GPU loads is its ``Balance``."""
 
     TIE = "tie"
     NEAR_TIE = "near-tie"
-    REAL = "real"
+    RULE = "another rule"
+
+
+class Balance(enum.Enum):
+    """What a layer's placement does to the GPU loads, against the reference's.
+
+    ``EQUIVALENT``: the same multiset of GPU loads up to rounding (each sorted load
+    within ``NEAR`` of the layer's peak): ties, near ties, replica numbering, slot order.
+    ``SAME_PEAK``: other GPU loads, the same peak up to rounding. ``WORSE`` and
+    ``BETTER``: the peak differs beyond rounding."""
+
+    IDENTICAL = "identical"
+    EQUIVALENT = "equivalent for balance"
+    SAME_PEAK = "same peak, other GPU loads"
+    WORSE = "worse for balance"
+    BETTER = "better for balance"
+
+
+TOLERATED = frozenset({Balance.IDENTICAL, Balance.EQUIVALENT})
+"""The classes ``--same-balance`` passes."""
+
+WORST_FIRST = (
+    Balance.WORSE,
+    Balance.BETTER,
+    Balance.SAME_PEAK,
+    Balance.EQUIVALENT,
+    Balance.IDENTICAL,
+)
 
 
 @dataclass(frozen=True)
@@ -164,7 +201,7 @@ def close(a: float, b: float) -> bool:
 
 def kind_of_peaks(mine: float, theirs: float) -> Kind:
     """Whether two peaks reached by different moves are a tie, a near tie or apart."""
-    return Kind.TIE if mine == theirs else Kind.NEAR_TIE if close(mine, theirs) else Kind.REAL
+    return Kind.TIE if mine == theirs else Kind.NEAR_TIE if close(mine, theirs) else Kind.RULE
 
 
 def fmt(value: float) -> str:
@@ -437,23 +474,41 @@ class Divergence:
     kind: Kind
     node: int | None
     detail: str
-    balance_equivalent: bool
+    balance: Balance
     peak_reference: float
     peak_target: float
+    peak_ratio: float = 1.0  # target / reference, exact before rounding to a float
+
+    @property
+    def balance_equivalent(self) -> bool:
+        return self.balance is Balance.EQUIVALENT
+
+    def effect(self) -> str:
+        """The effect on balance, in words."""
+        if self.balance is Balance.EQUIVALENT:
+            return "equivalent for balance"
+        if self.balance is Balance.SAME_PEAK:
+            return f"same peak {fmt(self.peak_target)}, other GPU loads"
+        word = "WORSE" if self.balance is Balance.WORSE else "BETTER"
+        return (
+            f"{word} for balance: peak {fmt(self.peak_target)}, the reference's "
+            f"{fmt(self.peak_reference)} (x{self.peak_ratio:.6g})"
+        )
 
     def summary(self) -> str:
         where = f"layer {self.layer}" + ("" if self.node is None else f" node {self.node}")
-        if self.balance_equivalent:
-            effect = "equivalent for balance"
-        else:
-            effect = (
-                f"NOT equivalent for balance (other GPU loads; peak {fmt(self.peak_target)}, "
-                f"the reference's {fmt(self.peak_reference)})"
-            )
         return (
             f"{where}: first difference at {self.step.value} ({STEP_WORDS[self.step]}), "
-            f"{self.kind.value}: {self.detail}; {effect}"
+            f"{self.kind.value}: {self.detail}; {self.effect()}"
         )
+
+
+def severity(divergence: Divergence) -> tuple[int, float]:
+    """Sort key, worst first: worse for balance by peak ratio, better (the ratio
+    farthest below 1 first), same peak, equivalent."""
+    rank = WORST_FIRST.index(divergence.balance)
+    ratio = divergence.peak_ratio
+    return (rank, -ratio if divergence.balance is Balance.WORSE else ratio)
 
 
 @dataclass(frozen=True)
@@ -461,6 +516,32 @@ class LayerVerdict:
     layer: int
     identical: bool
     divergence: Divergence | None
+
+    @property
+    def balance(self) -> Balance:
+        return Balance.IDENTICAL if self.divergence is None else self.divergence.balance
+
+
+def balance_of(reference: Sequence[Fraction], target: Sequence[Fraction]) -> Balance:
+    """The class of a differing layer from both placements' exact GPU loads."""
+    ours, theirs = sorted(reference), sorted(target)
+    peak = max(ours[-1], theirs[-1])
+    if float(peak) < FLOAT32_TINY:
+        return Balance.EQUIVALENT
+    rounding = Fraction(NEAR) * peak
+    if all(abs(a - b) <= rounding for a, b in zip(ours, theirs, strict=True)):
+        return Balance.EQUIVALENT
+    if abs(ours[-1] - theirs[-1]) <= rounding:
+        return Balance.SAME_PEAK
+    return Balance.WORSE if theirs[-1] > ours[-1] else Balance.BETTER
+
+
+def peak_ratio(reference: Sequence[Fraction], target: Sequence[Fraction]) -> float:
+    """Peak of the target over the reference's (1 when both are 0)."""
+    mine, theirs = max(reference), max(target)
+    if mine == 0:
+        return 1.0 if theirs == 0 else math.inf
+    return float(theirs / mine)
 
 
 def exact_gpu_loads(problem: BalancingProblem, layer: int, row: Sequence[int]) -> list[Fraction]:
@@ -678,7 +759,7 @@ class LayerComparison:
             group = next(g for g in range(problem.num_groups) if target_node[g] != g)
             return (
                 Step.SPLIT,
-                Kind.REAL,
+                Kind.RULE,
                 None,
                 f"with one group per node group {group} belongs on node {group}; the target "
                 f"puts it on node {target_node[group]}",
@@ -692,7 +773,7 @@ class LayerComparison:
             assert replay.tie is not None, "a replay that agrees exactly cannot differ"
             return step, Kind.TIE, node, replay.tie
         assert replay.divergence is not None
-        kind = Kind.NEAR_TIE if replay.near else Kind.REAL
+        kind = Kind.NEAR_TIE if replay.near else Kind.RULE
         return step, kind, node, replay.divergence
 
     def view(self, node: NodeTrace) -> NodeView:
@@ -746,7 +827,7 @@ class LayerComparison:
             assert moved is not None
             return (
                 Step.REFINEMENT_A,
-                Kind.REAL,
+                Kind.RULE,
                 node.node,
                 f"the target equals the reference with refinement A off: the reference moves "
                 f"a replica from {name(moved[0])} to {name(moved[1])} (peak replica load "
@@ -779,7 +860,7 @@ class LayerComparison:
                 off = "" if self.reference.refine_a else " (refinement A off)"
                 return (
                     Step.REFINEMENT_A,
-                    Kind.REAL,
+                    Kind.RULE,
                     node.node,
                     f"{text}; the reference{off} moves none",
                 )
@@ -816,7 +897,7 @@ class LayerComparison:
                     q = next(q for q in range(gpus) if flat[q] != node.layout[q])
                     return (
                         Step.PACKING,
-                        Kind.REAL,
+                        Kind.RULE,
                         node.node,
                         f"with one slot per GPU replica {q} of the layout ({name(node.layout[q])}) "
                         f"belongs on {gpu(q)}; the target puts {name(flat[q])} there",
@@ -826,7 +907,7 @@ class LayerComparison:
                     q = next(q for q in range(n) if flat[q] != q)
                     return (
                         Step.PACKING,
-                        Kind.REAL,
+                        Kind.RULE,
                         node.node,
                         f"with one slot per GPU {gpu(q)} holds the first replica of "
                         f"{name(q)} in the reference; the target puts {name(flat[q])} there",
@@ -868,7 +949,7 @@ class LayerComparison:
                 h, a, lq, b = swapped
                 return (
                     Step.REFINEMENT_B,
-                    Kind.REAL,
+                    Kind.RULE,
                     node.node,
                     f"the target equals the reference with refinement B off: the reference "
                     f"swaps {replica(a)} on {gpu(h)} with {replica(b)} on {gpu(lq)} (peak "
@@ -910,7 +991,7 @@ class LayerComparison:
                     off = "" if self.reference.refine_b else " (refinement B off)"
                     return (
                         Step.REFINEMENT_B,
-                        Kind.REAL,
+                        Kind.RULE,
                         node.node,
                         f"{text}; the reference{off} swaps none",
                     )
@@ -950,7 +1031,7 @@ class LayerComparison:
                 if q in touched:
                     return (
                         Step.SLOTS,
-                        Kind.REAL,
+                        Kind.RULE,
                         node.node,
                         f"{where}: reference {names} (member order after refinement B's "
                         f"swap), target {theirs}",
@@ -961,7 +1042,7 @@ class LayerComparison:
                     kind, reason = Kind.TIE, "equal replica loads arrive in either order"
                 else:
                     kind = (
-                        Kind.NEAR_TIE if all(a >= b or close(a, b) for a, b in pairs) else Kind.REAL
+                        Kind.NEAR_TIE if all(a >= b or close(a, b) for a, b in pairs) else Kind.RULE
                     )
                     reason = "the reference orders them by arrival (descending replica load)"
                 return (
@@ -982,7 +1063,7 @@ class LayerComparison:
                     f"slots {mine}, target {theirs}"
                 )
                 if self.problem.slots_per_gpu == 1:
-                    return Step.LOG2PHY, Kind.REAL, None, f"{where} (one slot per GPU)"
+                    return Step.LOG2PHY, Kind.RULE, None, f"{where} (one slot per GPU)"
                 return (
                     Step.LOG2PHY,
                     Kind.TIE,
@@ -1055,9 +1136,10 @@ def compare_layer(
             kind=kind,
             node=node,
             detail=detail,
-            balance_equivalent=sorted(ours) == sorted(theirs),
+            balance=balance_of(ours, theirs),
             peak_reference=float(max(ours)),
             peak_target=float(max(theirs)),
+            peak_ratio=peak_ratio(ours, theirs),
         ),
     )
 
@@ -1106,14 +1188,33 @@ class FidelityReport:
     def tally(self) -> Counter[tuple[Step, Kind]]:
         return Counter((d.step, d.kind) for d in self.divergences)
 
+    def classes(self) -> Counter[Balance]:
+        """How many layers fall in each ``Balance`` class."""
+        return Counter(v.balance for v in self.layers)
+
+    def worst_first(self) -> list[Divergence]:
+        """The divergences, the one that changes balance most first."""
+        return sorted(self.divergences, key=severity)
+
+    @property
+    def max_ratio(self) -> float:
+        """The largest peak ratio target / reference over the layers (1 if identical)."""
+        return max((d.peak_ratio for d in self.divergences), default=1.0)
+
+    @property
+    def min_ratio(self) -> float:
+        return min((d.peak_ratio for d in self.divergences), default=1.0)
+
     def summary(self) -> str:
-        """One line: how many layers differ, where first, ties or not, balance."""
+        """One line: how many layers differ, their effect on balance, where first."""
         total = len(self.layers)
         if self.violations:
             return f"invalid placement: {self.violations[0]}"
         found = self.divergences
         if not found:
             return f"identical to {self.reference} on all {total} layer(s)"
+        classes = self.classes()
+        effect = ", ".join(f"{classes[b]} {b.value}" for b in WORST_FIRST[:-1] if b in classes)
         steps: Counter[Step] = Counter(d.step for d in found)
         parts = []
         for step in Step:
@@ -1122,23 +1223,18 @@ class FidelityReport:
             kinds = Counter(d.kind for d in found if d.step is step)
             how = ", ".join(f"{kinds[k]} {k.value}" for k in Kind if k in kinds)
             parts.append(f"{step.value} in {steps[step]} ({how})")
-        equivalent = sum(d.balance_equivalent for d in found)
-        balance = (
-            f"all {len(found)} equivalent for balance"
-            if equivalent == len(found)
-            else f"{equivalent} of {len(found)} equivalent for balance"
-        )
         return (
-            f"differs from {self.reference} in {len(found)} of {total} layer(s); first "
-            f"difference at {'; '.join(parts)}; {balance}"
+            f"differs from {self.reference} in {len(found)} of {total} layer(s): {effect}; "
+            f"first difference at {'; '.join(parts)}"
         )
 
     def lines(self, limit: int = 5) -> list[str]:
-        """The summary, then one line per divergence (the first ``limit``)."""
+        """The summary, then one line per divergence, worst first (the first ``limit``)."""
         result = [self.summary()]
-        result += [f"  {d.summary()}" for d in self.divergences[:limit]]
-        if len(self.divergences) > limit:
-            result.append(f"  ... and {len(self.divergences) - limit} more layer(s)")
+        ordered = self.worst_first()
+        result += [f"  {d.summary()}" for d in ordered[:limit]]
+        if len(ordered) > limit:
+            result.append(f"  ... and {len(ordered) - limit} more layer(s)")
         return result
 
 
@@ -1228,14 +1324,26 @@ class DivergingInput:
     input: dict[str, Any]
     report: FidelityReport | None
     failure: str | None = None
+    kind: Balance | None = None  # the class it stands for; None: its worst layer
+
+    @property
+    def divergence(self) -> Divergence | None:
+        """The layer it is reported for: of class ``kind``, else the worst."""
+        if self.report is None or self.report.violations:
+            return None
+        ordered = self.report.worst_first()
+        if self.kind is not None:
+            ordered = [d for d in ordered if d.balance is self.kind] or ordered
+        return ordered[0] if ordered else None
 
     def summary(self) -> str:
         if self.failure is not None:
             return f"{self.search}: the target failed: {self.failure}"
         assert self.report is not None
-        if self.report.violations:
+        found = self.divergence
+        if found is None:
             return f"{self.search}: {self.report.summary()}"
-        return f"{self.search}: {self.report.divergences[0].summary()}"
+        return f"{self.search}: {found.summary()}"
 
 
 @dataclass(frozen=True)
@@ -1244,6 +1352,7 @@ class TraceFidelity:
     generated: bool
     report: FidelityReport | None
     failure: str | None = None
+    cluster: tuple[int, int, int, int] = TRACE_CLUSTER
 
 
 def describe_problem(problem: BalancingProblem) -> dict[str, Any]:
@@ -1261,98 +1370,347 @@ class StopHunt(Exception):
     """Raised inside a search to stop it without shrinking (the target failed)."""
 
 
-def hunt_divergence(
+def describe_layer(problem: BalancingProblem, layer: int) -> str:
+    """Where a generated layer is: its index and the whole input (a target may depend on
+    the other layers), cut short past ``SHOWN`` characters."""
+    return f"layer {layer} of {shown(describe_problem(problem))}"
+
+
+SHOWN = 400
+
+
+def shown(value: dict[str, Any]) -> str:
+    """An input as JSON, cut short past ``SHOWN`` characters (the JSON report has it
+    whole)."""
+    text = json.dumps(value)
+    if len(text) <= SHOWN:
+        return text
+    shape = f"{len(value['weight'])} x {len(value['weight'][0])} loads"
+    cluster = tuple(value[k] for k in ("num_replicas", "num_groups", "num_nodes", "num_gpus"))
+    return f"{text[:SHOWN]}... ({shape} at {cluster}; whole in the JSON report)"
+
+
+@dataclass
+class PolicyTally:
+    """The layers compared under one policy, by ``Balance`` class, with the worst and
+    the best peak ratio target / reference and where each was met."""
+
+    policy: str
+    classes: Counter[Balance] = field(default_factory=Counter)
+    worst_ratio: float = 1.0
+    worst_input: str | None = None
+    best_ratio: float = 1.0
+    best_input: str | None = None
+
+    @property
+    def layers(self) -> int:
+        return sum(self.classes.values())
+
+    def add(self, report: FidelityReport, where: Callable[[int], str], count: bool = True) -> None:
+        """Count the report's layers (unless not ``count``: a shrunk input, a replay of
+        one already counted) and keep its worst and best ratios when beyond those met."""
+        for verdict in report.layers:
+            self.classes[verdict.balance] += count
+            found = verdict.divergence
+            if found is None:
+                continue
+            if found.balance is Balance.WORSE and found.peak_ratio > self.worst_ratio:
+                self.worst_ratio, self.worst_input = found.peak_ratio, where(verdict.layer)
+            if found.balance is Balance.BETTER and found.peak_ratio < self.best_ratio:
+                self.best_ratio, self.best_input = found.peak_ratio, where(verdict.layer)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{self.classes[b]} {b.value}" for b in reversed(WORST_FIRST))
+        line = f"{self.policy}: {self.layers} layer(s) compared: {counts}"
+        if self.worst_input is None:
+            line += "; none worse for balance"
+        else:
+            line += (
+                f"; worst peak ratio target/reference {self.worst_ratio:.6g} on {self.worst_input}"
+            )
+        if self.best_input is not None:
+            line += f"; best {self.best_ratio:.6g} on {self.best_input}"
+        return line
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layers": self.layers,
+            "classes": {b.value: self.classes[b] for b in reversed(WORST_FIRST)},
+            "worst_ratio": self.worst_ratio,
+            "worst_input": self.worst_input,
+            "best_ratio": self.best_ratio,
+            "best_input": self.best_input,
+        }
+
+
+SEARCH_NAMES = {
+    Balance.WORSE: "worst divergence for balance",
+    Balance.BETTER: "divergence most better for balance",
+    Balance.SAME_PEAK: "divergence with the same peak, other GPU loads",
+    Balance.EQUIVALENT: "divergence equivalent for balance",
+}
+
+
+def shrink_condition(kind: Balance, extreme: float) -> Callable[[FidelityReport], bool]:
+    """What a smaller input must keep while it shrinks: a layer at least as worse (or
+    better) as the one found, else a layer of the same class or worse."""
+    if kind is Balance.WORSE:
+        return lambda r: any(
+            d.balance is Balance.WORSE and d.peak_ratio >= extreme for d in r.divergences
+        )
+    if kind is Balance.BETTER:
+        return lambda r: any(
+            d.balance is Balance.BETTER and d.peak_ratio <= extreme for d in r.divergences
+        )
+    rank = WORST_FIRST.index(kind)
+    return lambda r: any(WORST_FIRST.index(d.balance) <= rank for d in r.divergences)
+
+
+def search_divergences(
     call: Caller,
-    same_as: Reference,
+    reference: Reference,
     strategy: st.SearchStrategy[BalancingProblem],
     examples: int,
-    wanted: Callable[[FidelityReport], bool],
-    search: str,
-) -> DivergingInput | None:
-    """The smallest generated problem on which the target's report is ``wanted``
-    (derandomized: a run repeats), or the first on which the target fails."""
-    seen: list[tuple[BalancingProblem, FidelityReport]] = []
-    failed: list[tuple[BalancingProblem, str]] = []
+    tallies: dict[str, PolicyTally],
+    picked: Sequence[BalancingProblem] = (),
+    shrink_seconds: float = 60.0,
+) -> list[DivergingInput]:
+    """Look for the divergence that changes the peak most, then shrink it.
 
-    @settings(
-        max_examples=examples,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        report_multiple_bugs=False,
-        suppress_health_check=list(HealthCheck),
-        phases=[Phase.explicit, Phase.generate, Phase.shrink],
-    )
-    @given(strategy)
-    def search_once(problem: BalancingProblem) -> None:
-        if not failed:
+    The first pass runs ``picked`` then ``examples`` generated problems (derandomized),
+    steering Hypothesis (``target``) towards the largest peak ratio target / reference
+    and towards the smallest, and tallies every layer in ``tallies`` by policy. It
+    keeps the most extreme input of each ``Balance`` class. The second pass replays the
+    same search and shrinks the input of the class that matters most (an invalid
+    placement, else worse, better, same peak, equivalent) while it keeps a layer as far
+    from the reference as the one found; after ``shrink_seconds`` it stops shrinking.
+    The other classes' inputs are reported as found. A target that fails stops both
+    passes at that input."""
+    found: dict[Balance, tuple[BalancingProblem, FidelityReport]] = {}
+    invalid: list[tuple[BalancingProblem, FidelityReport]] = []
+    failed: list[tuple[BalancingProblem, str]] = []
+    shrinking: list[Callable[[FidelityReport], bool]] = []
+    smallest: list[tuple[BalancingProblem, FidelityReport]] = []
+    deadline = [math.inf]
+
+    def keep(problem: BalancingProblem, report: FidelityReport) -> None:
+        if report.violations:
+            invalid.append((problem, report))
+            return
+        tally = tallies.setdefault(problem.policy.value, PolicyTally(problem.policy.value))
+        tally.add(report, lambda layer: describe_layer(problem, layer))
+        for kind in WORST_FIRST[:-1]:
+            layers = [d for d in report.divergences if d.balance is kind]
+            if not layers:
+                continue
+            before = found.get(kind)
+            farther = before is None or (
+                report.max_ratio > before[1].max_ratio
+                if kind is Balance.WORSE
+                else report.min_ratio < before[1].min_ratio
+                if kind is Balance.BETTER
+                else False
+            )
+            if farther:
+                found[kind] = (problem, report)
+
+    def explore(examples_: int, explicit: Sequence[BalancingProblem]) -> None:
+        @settings(
+            max_examples=examples_,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            report_multiple_bugs=False,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.explicit, Phase.generate, Phase.target, Phase.shrink],
+        )
+        @given(strategy)
+        def search_once(problem: BalancingProblem) -> None:
+            if failed:
+                raise StopHunt  # once the target fails, every example stops here
+            if shrinking and smallest and time.monotonic() > deadline[0]:
+                # out of time: only the smallest input found so far fails again
+                if describe_problem(problem) == describe_problem(smallest[-1][0]):
+                    smallest.append(smallest[-1])
+                    raise AssertionError(smallest[-1][1].summary())
+                return
             try:
-                report = fidelity_of(call, problem, same_as)
+                report = fidelity_of(call, problem, reference)
             except TargetFailed as error:
                 failed.append((problem, str(error)))
-            else:
-                if wanted(report):
-                    seen.append((problem, report))
-                    raise AssertionError(report.summary())
-        if failed:
-            raise StopHunt  # once the target fails, every example stops here
+                raise StopHunt from None
+            worse = min(report.max_ratio, 1e300)
+            better = min(1 / report.min_ratio if report.min_ratio > 0 else 1e300, 1e300)
+            if currently_in_test_context():
+                target(worse, label="peak ratio target/reference")
+                target(better, label="peak ratio reference/target")
+            if not shrinking:
+                keep(problem, report)
+                if report.violations:
+                    raise StopHunt
+                return
+            if bool(report.violations) or shrinking[0](report):
+                smallest.append((problem, report))
+                raise AssertionError(report.summary())
 
-    try:
-        search_once()
-    except (AssertionError, StopHunt):
-        if failed:
-            problem, message = failed[0]
-            return DivergingInput(search, describe_problem(problem), None, message)
-        # Hypothesis replays the smallest failing example last.
-        problem, report = seen[-1]
-        return DivergingInput(search, describe_problem(problem), report)
-    return None
+        for problem in reversed(explicit):
+            search_once = example(problem)(search_once)
+        with contextlib.suppress(AssertionError, StopHunt, Flaky):
+            search_once()
+
+    explore(examples, picked)
+    results: list[DivergingInput] = []
+    if failed:
+        problem, message = failed[0]
+        return [DivergingInput("the target failed", describe_problem(problem), None, message)]
+    top: tuple[str, BalancingProblem, FidelityReport] | None = None
+    if invalid:
+        top = ("invalid placement", *invalid[0])
+        shrinking.append(lambda r: bool(r.violations))
+    else:
+        for kind in WORST_FIRST[:-1]:
+            if kind in found:
+                problem, report = found[kind]
+                extreme = report.max_ratio if kind is Balance.WORSE else report.min_ratio
+                top = (SEARCH_NAMES[kind], problem, report)
+                shrinking.append(shrink_condition(kind, extreme))
+                break
+    if top is None:
+        return results
+    deadline[0] = time.monotonic() + shrink_seconds
+    explore(examples, picked)
+    name, problem, report = top
+    if failed:
+        problem, message = failed[0]
+        return [DivergingInput("the target failed", describe_problem(problem), None, message)]
+    if smallest:  # Hypothesis replays the smallest failing example last
+        problem, report = smallest[-1]
+        results.append(DivergingInput(f"{name} (shrunk)", describe_problem(problem), report))
+        # a shrunk input may be farther from the reference than any the search met
+        tally = tallies.setdefault(problem.policy.value, PolicyTally(problem.policy.value))
+        tally.add(report, lambda layer: describe_layer(problem, layer), count=False)
+    else:
+        results.append(DivergingInput(f"{name} (as found)", describe_problem(problem), report))
+    for kind in WORST_FIRST[:-1]:
+        if kind in found and SEARCH_NAMES[kind] != name:
+            problem, report = found[kind]
+            search = f"{SEARCH_NAMES[kind]} (as found)"
+            results.append(DivergingInput(search, describe_problem(problem), report, kind=kind))
+    return results
+
+
+def engine_scale_problems() -> st.SearchStrategy[BalancingProblem]:
+    """Problems at the sizes engines run: 64 to 256 experts in 1 to 8 groups, 1 to 4
+    nodes of 2 to 8 GPUs, up to 3 layers of token counts (ties at token scale among
+    them), under either policy."""
+
+    @st.composite
+    def build(draw: st.DrawFn) -> BalancingProblem:
+        experts = draw(st.sampled_from([64, 128, 256]))
+        groups = draw(st.sampled_from([1, 4, 8]))
+        if draw(st.booleans()):  # hierarchical: the groups split evenly over the nodes
+            nodes = draw(st.sampled_from([n for n in (1, 2, 4) if groups % n == 0]))
+        else:
+            nodes = draw(st.sampled_from([n for n in (2, 3, 4) if groups % n]))
+        gpus = nodes * draw(st.sampled_from([2, 4, 8]))
+        per_gpu = -(-experts // gpus) + draw(st.integers(0, 2))
+        layers = draw(st.integers(1, 3))
+        styles = st.sampled_from(["integers", "dominant", "large-ties", "ties"])
+        loads = [draw(load_values(experts, draw(styles))) for _ in range(layers)]
+        return BalancingProblem(
+            np.asarray(loads, dtype=np.float64), gpus * per_gpu, groups, nodes, gpus
+        )
+
+    return build()
+
+
+def fidelity_problems() -> st.SearchStrategy[BalancingProblem]:
+    """The fidelity search's problems: the gate's (both policies, up to 3 layers, every
+    load style) and engine-scale ones (``engine_scale_problems``)."""
+    from properties.strategies import problems
+
+    return st.one_of(problems(), engine_scale_problems())
 
 
 @dataclass
 class FidelityRun:
-    """Fidelity of a target against a reference on generated problems and real traces."""
+    """Fidelity of a target against a reference on generated problems and real traces.
+
+    ``same_balance``: the verdict passes when every layer is identical or equivalent
+    for balance (``--same-balance``); otherwise only when every layer is identical."""
 
     reference: str
     examples: int
-    tolerate_ties: bool = False
+    same_balance: bool = False
     generated: list[DivergingInput] = field(default_factory=list)
     traces: list[TraceFidelity] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    tallies: dict[str, PolicyTally] = field(default_factory=dict)
 
-    def acceptable(self, report: FidelityReport) -> bool:
-        if report.violations:
-            return False
-        return all(
-            self.tolerate_ties and d.kind is Kind.TIE and d.balance_equivalent
-            for d in report.divergences
-        )
+    def classes(self) -> Counter[Balance]:
+        total: Counter[Balance] = Counter()
+        for tally in self.tallies.values():
+            total.update(tally.classes)
+        return total
+
+    @property
+    def failures(self) -> list[str]:
+        """Why the target could not be compared: it failed, or its placement is invalid."""
+        found = [f"{g.search}: {g.failure}" for g in self.generated if g.failure]
+        found += [f"{t.trace}: {t.failure}" for t in self.traces if t.failure]
+        reports = [g.report for g in self.generated] + [t.report for t in self.traces]
+        found += [f"invalid placement: {r.violations[0]}" for r in reports if r and r.violations]
+        return found
 
     @property
     def verdict(self) -> str:
-        reports = [g.report for g in self.generated] + [t.report for t in self.traces]
-        failures = [g for g in self.generated if g.failure] + [t for t in self.traces if t.failure]
-        fine = all(r is None or self.acceptable(r) for r in reports)
-        return "pass" if fine and not failures else "fail"
+        allowed = TOLERATED if self.same_balance else {Balance.IDENTICAL}
+        fine = all(b in allowed for b, n in self.classes().items() if n)
+        return "pass" if fine and not self.failures else "fail"
+
+    def reason(self) -> str:
+        """Why the verdict, in a few words."""
+        if self.failures:
+            return self.failures[0]
+        classes = self.classes()
+        changed = [b for b in WORST_FIRST[:3] if classes[b]]
+        differ = sum(n for b, n in classes.items() if b is not Balance.IDENTICAL)
+        total = sum(classes.values())
+        if changed:
+            what = ", ".join(f"{classes[b]} {b.value}" for b in changed)
+            return f"{sum(classes[b] for b in changed)} of {total} layer(s) change balance: {what}"
+        if differ:
+            tail = "" if self.same_balance else " (--same-balance passes such a port)"
+            return f"{differ} of {total} layer(s) differ, all equivalent for balance{tail}"
+        return f"identical on all {total} layer(s)"
 
     def summary(self) -> str:
-        lines = [f"fidelity against {self.reference}: {self.verdict.upper()}"]
+        lines = [f"fidelity against {self.reference}: {self.verdict.upper()}: {self.reason()}"]
         lines += [f"  note: {n}" for n in self.notes]
-        if not self.generated:
-            lines.append(f"  generated problems: {self.examples} examples, all identical")
-        for found in self.generated:
-            lines.append(f"  {found.summary()}")
-            lines.append(f"    smallest input: {json.dumps(found.input)}")
-        reports = [t.report for t in self.traces if t.report is not None]
-        if reports:
-            merged = FidelityReport(self.reference, [v for r in reports for v in r.layers])
-            lines.append(f"  real traces ({len(reports)}): {merged.summary()}")
+        for policy in (Policy.HIERARCHICAL.value, Policy.GLOBAL.value):
+            if policy in self.tallies:
+                lines.append(f"  {self.tallies[policy].summary()}")
+        for diverging in self.generated:
+            lines.append(f"  {diverging.summary()}")
+            lines.append(f"    input: {shown(diverging.input)}")
+        by_cluster: dict[tuple[int, int, int, int], list[TraceFidelity]] = {}
         for t in self.traces:
-            if t.failure is not None:
-                lines.append(f"    {t.trace}: the target failed: {t.failure}")
-            elif t.report is not None and not t.report.identical:
+            by_cluster.setdefault(t.cluster, []).append(t)
+        for cluster, traces in by_cluster.items():
+            reports = [t.report for t in traces if t.report is not None]
+            merged = FidelityReport(self.reference, [v for r in reports for v in r.layers])
+            lines.append(f"  real traces ({len(reports)}) at {cluster}: {merged.summary()}")
+            worst = sorted(
+                (t for t in traces if t.report is not None and t.report.divergences),
+                key=lambda t: severity(t.report.worst_first()[0]) if t.report else (9, 0.0),
+            )
+            for t in traces:
+                if t.failure is not None:
+                    lines.append(f"    {t.trace}: the target failed: {t.failure}")
+            for t in worst[:3]:
+                assert t.report is not None
                 lines.append(f"    {t.trace}: {t.report.summary()}")
-                lines += [f"      {d.summary()}" for d in t.report.divergences[:1]]
+                lines.append(f"      {t.report.worst_first()[0].summary()}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -1370,21 +1728,25 @@ class FidelityRun:
                         "kind": d.kind.value,
                         "node": d.node,
                         "detail": d.detail,
-                        "balance_equivalent": d.balance_equivalent,
+                        "balance": d.balance.value,
                         "peak_reference": d.peak_reference,
                         "peak_target": d.peak_target,
+                        "peak_ratio": d.peak_ratio,
                         "line": d.summary(),
                     }
-                    for d in report.divergences
+                    for d in report.worst_first()
                 ],
             }
 
         return {
-            "format": 1,
+            "format": 2,
             "reference": self.reference,
             "verdict": self.verdict,
+            "reason": self.reason(),
+            "same_balance": self.same_balance,
             "examples": self.examples,
             "notes": self.notes,
+            "policies": {name: tally.to_json() for name, tally in self.tallies.items()},
             "generated": [
                 {
                     "search": g.search,
@@ -1397,6 +1759,7 @@ class FidelityRun:
             "traces": [
                 {
                     "trace": t.trace,
+                    "cluster": list(t.cluster),
                     "generated": t.generated,
                     "failure": t.failure,
                     "report": report_json(t.report),
@@ -1415,87 +1778,81 @@ def run_fidelity(
     workloads: Iterable[Workload] | None = None,
     data: str | None = None,
     max_traces: int | None = None,
-    tolerate_ties: bool = False,
-    cluster: tuple[int, int, int, int] | None = TRACE_CLUSTER,
+    same_balance: bool = False,
+    clusters: Sequence[tuple[int, int, int, int]] = (TRACE_CLUSTER,),
+    picked: Sequence[BalancingProblem] = (),
+    shrink_seconds: float = 60.0,
 ) -> FidelityRun:
     """Compare the target ``call`` with the reference ``same_as``.
 
-    On ``examples`` problems from ``problems`` (default: ``properties.strategies.problems``)
-    it searches for a divergence and shrinks it to the smallest input; when that one is
-    only a tie, a second search looks for a divergence that is not. Then it compares every
-    layer of the real traces (``workloads``, or those ``data`` points to; a generated
-    stand-in when none are found, said in the notes) at ``cluster`` (default
-    ``TRACE_CLUSTER``; None leaves the traces out). The verdict is
-    ``pass`` only when everything is identical (with ``tolerate_ties``, also when every
-    difference is a tie and equivalent for balance).
+    On ``picked`` and ``examples`` problems from ``problems`` (default:
+    ``fidelity_problems``) it searches for the divergence that changes the peak most and
+    shrinks it (``search_divergences``). Then it compares every layer of the real traces
+    (``workloads``, or those ``data`` points to; a generated stand-in when none are
+    found, said in the notes) at each of ``clusters`` (none: the traces are left out).
+    Every compared layer is tallied by policy and ``Balance`` class. The verdict is
+    ``pass`` only when every layer is identical (with ``same_balance``, identical or
+    equivalent for balance).
     """
-    from properties.strategies import problems as default_problems
-
     reference = reference_named(same_as)
-    strategy = problems if problems is not None else default_problems()
-    run = FidelityRun(reference.name, examples, tolerate_ties)
-    # Each search looks for something stronger than what the last one found: any
-    # divergence, then one that is not a tie, then a real one (or an invalid placement).
-    strength = [Kind.TIE, Kind.NEAR_TIE, Kind.REAL]
-    searches = [
-        ("first divergence (shrunk)", "divergence"),
-        ("first divergence that is not a tie (shrunk)", "tie"),
-        ("first real divergence (shrunk)", "tie or a near tie"),
-    ]
-    level = 0
-    while level < len(searches):
-        search, weaker = searches[level]
-        kinds = set(strength[level:])
-
-        def wanted(report: FidelityReport, kinds: set[Kind] = kinds) -> bool:
-            return bool(report.violations) or any(d.kind in kinds for d in report.divergences)
-
-        found_input = hunt_divergence(call, reference, strategy, examples, wanted, search)
-        if found_input is None:
-            if level > 0:
-                run.notes.append(f"every divergence in {examples} examples is a {weaker}")
-            break
-        run.generated.append(found_input)
-        report = found_input.report
-        if report is None or report.violations:
-            break
-        level = 1 + max(strength.index(d.kind) for d in report.divergences)
+    strategy = problems if problems is not None else fidelity_problems()
+    run = FidelityRun(reference.name, examples, same_balance)
+    run.generated = search_divergences(
+        call, reference, strategy, examples, run.tallies, picked, shrink_seconds
+    )
     if workloads is None:
         found, note = default_workloads(data)
         run.notes.append(note)
     else:
         found = list(workloads)
     chosen = found if max_traces is None else found[:max_traces]
-    if cluster is None:
+    if not clusters:
         run.notes.append("real traces not compared: outside the target's domain")
         return run
-    if cluster != TRACE_CLUSTER:
-        run.notes.append(f"real traces compared at {cluster}")
-    for workload in chosen:
-        problem = BalancingProblem(workload.loads, *cluster, loads_name=workload.name)
-        try:
-            report = fidelity_of(call, problem, reference)
-        except TargetFailed as error:
-            run.traces.append(TraceFidelity(workload.name, workload.generated, None, str(error)))
-            continue
-        run.traces.append(TraceFidelity(workload.name, workload.generated, report))
+    for cluster in clusters:
+        for workload in chosen:
+            problem = BalancingProblem(workload.loads, *cluster, loads_name=workload.name)
+            try:
+                report = fidelity_of(call, problem, reference)
+            except TargetFailed as error:
+                failure = TraceFidelity(
+                    workload.name, workload.generated, None, str(error), cluster
+                )
+                run.traces.append(failure)
+                continue
+            run.traces.append(
+                TraceFidelity(workload.name, workload.generated, report, None, cluster)
+            )
+            tally = run.tallies.setdefault(problem.policy.value, PolicyTally(problem.policy.value))
+            tally.add(report, trace_layer(workload.name, cluster))
     return run
+
+
+def trace_layer(name: str, cluster: tuple[int, int, int, int]) -> Callable[[int], str]:
+    return lambda layer: f"{name} layer {layer} at {cluster}"
 
 
 __all__ = [
     "NEAR",
     "REFERENCES",
+    "TOLERATED",
+    "WORST_FIRST",
+    "Balance",
     "Divergence",
     "FidelityReport",
     "FidelityRun",
     "Kind",
     "LayerVerdict",
+    "PolicyTally",
     "Reference",
     "Step",
     "compare",
     "compare_layer",
+    "engine_scale_problems",
     "fidelity_of",
+    "fidelity_problems",
     "reference_named",
     "run_fidelity",
+    "search_divergences",
     "ties_met",
 ]

@@ -191,14 +191,36 @@ def test_downstream_passes_when_findings_are_as_expected(
     assert fake.options == [list(downstream.DEFAULT_GATE_OPTIONS)] * 2
 
 
-def test_gate_options_after_the_separator_replace_the_defaults(
+def test_gate_options_after_the_separator_add_to_the_pinned_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """``nox -s downstream -- -- --timeout 30`` (docs/ENGINES.md) keeps ``--max-gap 99``."""
     fake = FakeRun(
         {"vllm@1:default": report(), "sglang@2:deepseek_vec": report(("dtype", "phy2log"))}
     )
     assert run_main(tmp_path, monkeypatch, fake, "--", "--timeout", "5") == 0
-    assert fake.options == [["--timeout", "5"]] * 2
+    assert fake.options == [[*downstream.DEFAULT_GATE_OPTIONS, "--timeout", "5"]] * 2
+
+
+def test_update_refuses_a_run_with_other_gate_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeRun({"vllm@1:default": report(), "sglang@2:deepseek_vec": report()})
+    assert run_main(tmp_path, monkeypatch, fake, "--update", "--", "--timeout", "5") == 2
+    assert fake.gated == []
+    assert "run --update without gate options" in capsys.readouterr().err
+    expected = load_expected(tmp_path / "expected.json")
+    assert [k.key for k in expected["sglang:deepseek_vec"]] == [("dtype", "phy2log")]
+
+
+def test_a_failing_run_with_other_gate_options_does_not_suggest_update(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeRun({"vllm@1:default": report(), "sglang@2:deepseek_vec": report()})
+    assert run_main(tmp_path, monkeypatch, fake, "--", "--max-gap", "10") == 1
+    out = capsys.readouterr().out
+    assert "--update" not in out
+    assert "differ from the pinned ones" in out
 
 
 def test_downstream_fails_on_a_new_finding_and_thorough_is_passed_on(

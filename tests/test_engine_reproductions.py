@@ -4,14 +4,19 @@ status 1). Skipped when the release is not in the engine cache (CI downloads no 
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from properties.downstream import EXPECTED_FILE, load_expected, target_key
 from properties.engines import find_engine, pinned_targets
 from properties.isolation import TargetError
+from spec.problem import BalancingProblem
 
 FOLDER = EXPECTED_FILE.parent
 # Reproductions of behaviour outside the engine's caller's domain (no finding, so not in
@@ -45,3 +50,53 @@ def test_reproduction_confirms_its_finding(target: str, script: str) -> None:
         [sys.executable, str(FOLDER / script), pinned], capture_output=True, text=True, check=False
     )
     assert result.returncode == 1, result.stdout + result.stderr
+
+
+def load_worst_gaps() -> Any:
+    path = FOLDER / "worst_gaps.py"
+    spec = importlib.util.spec_from_file_location("eplb_worst_gaps", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+WORST_GAP_LINE = re.compile(r"^(\S+): worst gap ([0-9.]+%) on (\(.*\))$", re.MULTILINE)
+
+
+def documented_worst_gaps() -> list[tuple[str, str, str]]:
+    text = (FOLDER.parent / "ENGINES.md").read_text()
+    return WORST_GAP_LINE.findall(text)
+
+
+def test_the_documented_worst_gaps_cover_the_reference_and_every_pinned_target() -> None:
+    names = {name for name, _, _ in documented_worst_gaps()}
+    assert names == {"reference", "baseline", *pinned_targets()}
+
+
+@pytest.mark.parametrize(("name", "gap", "where"), documented_worst_gaps())
+def test_each_documented_worst_gap_is_what_its_input_gives(name: str, gap: str, where: str) -> None:
+    """docs/ENGINES.md prints ``python docs/engines/worst_gaps.py``'s output; each line's
+    input, run again, gives the gap printed beside it."""
+    if name not in ("reference", "baseline"):
+        try:
+            find_engine(name)
+        except TargetError as error:
+            pytest.skip(f"{name} not available: {error}")
+    worst_gaps = load_worst_gaps()
+    function, outside = worst_gaps.balancer(name)
+    loads, *cluster = ast.literal_eval(where)
+    problem = BalancingProblem(loads, *cluster)
+    assert not outside(problem)
+    assert f"{worst_gaps.proven_gap(function, problem):.2%}" == gap
+
+
+def test_the_family_reaches_its_gap_on_the_reference() -> None:
+    """The hand-picked family's proof, checked: 2W/(G+1) against W/G + 1."""
+    worst_gaps = load_worst_gaps()
+    function, _ = worst_gaps.balancer("reference")
+    for problem in worst_gaps.FAMILY:
+        gpus, hot = problem.num_gpus, worst_gaps.HOT
+        expected = (2 * hot / (gpus + 1)) / (hot / gpus + 1) - 1
+        assert worst_gaps.proven_gap(function, problem) == pytest.approx(expected, rel=1e-12)

@@ -233,7 +233,7 @@ def test_the_optimality_line_shows_a_tiny_gap_and_the_exact_peak() -> None:
             "--previous is given but the rebalance section is left out",
         ),
         (["--no-exchanges"], "--no-exchanges applies to a schedule"),
-        (["--tolerate-ties"], "--tolerate-ties applies to the fidelity mode"),
+        (["--tolerate-ties"], "--same-balance applies to the fidelity mode"),
         (["--same-as", "refined", "--max-gap", "5"], "--max-gap belong to the gate's checks"),
         (
             ["--same-as", "baseline", "--checks", "contract", "--previous", "6"],
@@ -274,16 +274,27 @@ def test_a_gate_left_with_no_section_that_can_run_is_refused() -> None:
 
 
 @pytest.mark.parametrize("function", [impl.rebalance_experts, impl.rebalance_experts_baseline])
-def test_greedy_replication_is_a_third_above_the_optimum_on_one_hot_expert(
-    function: Any,
+@pytest.mark.parametrize(
+    ("loads", "gpus", "optimum", "gap"),
+    [
+        ([7.0, 0.0], 2, Fraction(7, 2), 1 / 3),
+        ([1.0, 1.0, 134184960.0], 3, Fraction(44728321), 67092480 / 44728321 - 1),
+        ([1.0, 1.0, 1.0, 1e6], 4, Fraction(250001), 400000 / 250001 - 1),
+    ],
+)
+def test_greedy_replication_puts_two_hot_replicas_on_one_gpu(
+    function: Any, loads: list[float], gpus: int, optimum: Fraction, gap: float
 ) -> None:
-    """The README's reason for --max-gap 50 in its example: one hot expert, four slots on
-    two GPUs; the greedy gives it three replicas, two of which share a GPU."""
-    problem = BalancingProblem([[7.0, 0.0]], 4, 1, 1, 2)
-    (gap,) = check_optimality(in_process(function), problem, None)
-    assert gap.proven
-    assert gap.optimum == Fraction(7, 2)
-    assert gap.relative == pytest.approx(1 / 3)
+    """The README's reason for --max-gap 99 in its example: one hot expert and G - 1
+    cold ones on 2G slots of G GPUs; water-filling (and the greedy) give the hot expert
+    G + 1 replicas, two of which share a GPU: (G - 1)/(G + 1) above the optimum when
+    the hot load dwarfs the others (33 %, 50 %, 60 %)."""
+    problem = BalancingProblem([loads], 2 * gpus, 1, 1, gpus)
+    (found,) = check_optimality(in_process(function), problem, None)
+    assert found.proven
+    assert found.optimum == optimum
+    assert found.relative == pytest.approx(gap, rel=1e-12)
+    assert round(found.relative, 3) == round((gpus - 1) / (gpus + 1), 3)
 
 
 def test_a_target_without_a_colon_names_the_built_in_engines(

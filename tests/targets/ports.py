@@ -247,3 +247,51 @@ def phy2log_only(port: Port) -> Callable[..., object]:
         return port(weight, r, g, n, p)[0]
 
     return call
+
+
+# Ports that balance worse than the reference only on part of the input space, and one
+# that differs from the baseline only where balance cannot tell.
+
+
+def spares_to_first_experts(loads: Sequence[float], num_slots: int) -> list[int]:
+    """Replica counts that ignore the loads: the spare slots go round-robin from the
+    first expert on."""
+    n = len(loads)
+    spare = num_slots - n
+    return [1 + spare // n + (1 if i < spare % n else 0) for i in range(n)]
+
+
+blind_counts = replace(REFERENCE, fill=spares_to_first_experts, refine_a=no_count_refinement)
+
+
+def worse_where(
+    good: Port, bad: Port, wrong: Callable[[BalancingProblem, int], bool]
+) -> Callable[..., Outputs]:
+    """``good``'s placement, except on the layers where ``wrong(problem, layer)``, which
+    get ``bad``'s."""
+
+    def call(weight: torch.Tensor, r: int, g: int, n: int, p: int) -> Outputs:
+        problem = BalancingProblem(weight, r, g, n, p)
+        outputs = [t.clone() for t in good(weight, r, g, n, p)]
+        worse = bad(weight, r, g, n, p)
+        for layer in range(problem.num_layers):
+            if wrong(problem, layer):
+                for mine, theirs in zip(outputs, worse, strict=True):
+                    mine[layer] = theirs[layer]
+        return outputs[0], outputs[1], outputs[2]
+
+    return call
+
+
+worse_under_global_policy = worse_where(
+    REFERENCE, blind_counts, lambda problem, layer: problem.policy.value == "global"
+)
+worse_on_later_layers = worse_where(REFERENCE, blind_counts, lambda problem, layer: layer > 0)
+worse_on_four_gpu_multiples = worse_where(
+    REFERENCE,
+    blind_counts,
+    lambda problem, layer: problem.num_gpus % 4 == 0 and problem.slots_per_gpu >= 2,
+)
+baseline_ties_numbering_slots = replace(
+    baseline_equal_loads_last, order=replicas_reversed, numbering="ascending-slots"
+)
