@@ -80,7 +80,6 @@ from properties.strategies import (
     engine_regime_examples,
     gate_integer_problems,
     gate_problems,
-    problems,
     rebalance_gate_cases,
     schedule_cases,
     scored_problems,
