@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-gap",
         type=finite_float(0.0, 1e6, strict_low=False, what="percentage"),
         metavar="PERCENT",
-        help="fail above this gap to the optimum",
+        help="fail when a layer's peak is proven more than PERCENT above the optimum (above "
+        "the least peak of a valid placement at hand), on generated problems or traces",
     )
     gate.add_argument("--data", help=DATA_HELP)
     gate.add_argument("--json", metavar="FILE", help="write the report as JSON")

@@ -255,9 +255,10 @@ class GateReport:
         )
 
     def summary(self) -> str:
-        checked = ", ".join(self.header.get("checked") or [self.target])
-        lines = [f"eplb-spec gate: {printable(checked)}: {self.verdict.upper()}"]
-        for key in ("call", "target_file", "budget"):
+        checked = self.header.get("checked") or [self.target]
+        lines = [f"eplb-spec gate: {printable(', '.join(checked))}: {self.verdict.upper()}"]
+        about_target = ("call", "target_file") if self.target in checked else ()
+        for key in (*about_target, "budget"):
             if key in self.header:
                 lines.append(f"  {key.replace('_', ' ')}: {printable(str(self.header[key]))}")
         lines += [f"  note: {printable(n)}" for n in self.notes]

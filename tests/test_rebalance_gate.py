@@ -112,6 +112,7 @@ def test_the_reference_schedule_passes_the_schedule_section() -> None:
     # the headline names what was checked: the schedule, not the balancer never called
     headline = report.summary().splitlines()[0]
     assert headline == "eplb-spec gate: schedule properties.rebalance:reference_schedule: PASS"
+    assert "impl:rebalance_experts" not in report.summary()
     measured = report.schedule
     assert measured["rule"] == "exchanges allowed"
     assert measured["transfers"] > 0
