@@ -304,9 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerate-ties",
         dest="same_balance",
         action="store_true",
-        help="with --same-as: pass when every layer that differs is equivalent for balance "
-        "(the same GPU loads up to rounding: ties, near ties, numbering, slot order); a "
-        "layer with another peak or other GPU loads still fails (--tolerate-ties: old name)",
+        help="with --same-as: pass when no layer's peak differs from the reference's beyond "
+        "rounding (the same GPU loads: ties, near ties, numbering, slot order; or other "
+        "loads at the same peak); a layer worse or better for balance fails "
+        "(--tolerate-ties: old name)",
     )
     gate.add_argument(
         "--memory-mb",

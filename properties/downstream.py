@@ -34,7 +34,7 @@ FindingKey = tuple[str, str]  # (check, code)
 # The gate options every run uses (a user's options come after them, so they add to
 # these; a repeated option takes the user's value): a gap above 99 % to the proven
 # optimum on a tiny problem is a finding. The engines' greedy heuristics stay below it
-# (worst found: 50 %, docs/ENGINES.md); a tie that sends spare replicas to the wrong
+# (worst found: 60 %, docs/ENGINES.md); a tie that sends spare replicas to the wrong
 # expert doubles the peak.
 DEFAULT_GATE_OPTIONS = ("--max-gap", "99")
 
@@ -151,8 +151,52 @@ def write_expected(
                 entry["note"] = "NEW: describe it, and add a reproduction or say why none"
             entries.append(entry)
         targets[target] = entries
-    document = {"format": EXPECTED_FORMAT, "targets": targets}
+    document: dict[str, Any] = {"format": EXPECTED_FORMAT, "targets": targets}
+    if path.is_file():  # sections other than the findings stay as they are
+        kept = json.loads(path.read_text())
+        document.update({k: v for k, v in kept.items() if k not in document})
     path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+FIDELITY_OPTIONS = ("--same-as", "baseline", "--same-balance")
+"""The fidelity run of every target: the same GPU loads as DeepSeek's algorithm as the
+specification states it, up to ties, numbering and slot order."""
+
+
+def load_fidelity(path: Path = EXPECTED_FILE) -> dict[str, str]:
+    """The expected fidelity verdict per target key (``"fidelity"`` in the expected
+    file; empty when it has none)."""
+    document = json.loads(path.read_text())
+    section = document.get("fidelity", {})
+    verdicts = section.get("verdicts", {}) if isinstance(section, dict) else {}
+    if not isinstance(verdicts, dict) or not all(v in ("pass", "fail") for v in verdicts.values()):
+        raise ValueError(f'{path}: "fidelity" must hold "verdicts": {{target: "pass"|"fail"}}')
+    return {str(k): str(v) for k, v in verdicts.items()}
+
+
+def write_fidelity(path: Path, verdicts: Mapping[str, str]) -> None:
+    """Write the fidelity verdicts into the expected file, keeping the rest (targets
+    not run keep their verdicts)."""
+    document = json.loads(path.read_text())
+    old = document.get("fidelity", {}).get("verdicts", {})
+    document["fidelity"] = {
+        "command": "eplb-spec gate --impl TARGET --quick " + " ".join(FIDELITY_OPTIONS),
+        "verdicts": dict(sorted({**old, **verdicts}.items())),
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def fidelity(target: str, report: Path, thorough: bool) -> str | None:
+    """The fidelity verdict of ``target`` (None when the run did not finish)."""
+    command = [sys.executable, "-m", "eplb_spec", "gate", "--impl", target]
+    command += [] if thorough else ["--quick"]
+    command += ["--json", str(report), *FIDELITY_OPTIONS]
+    print(f"$ {' '.join(command[1:])}", flush=True)
+    status = subprocess.run(command, check=False, stdout=subprocess.DEVNULL).returncode
+    if status not in (0, 1) or not report.is_file():
+        return None
+    verdict = json.loads(report.read_text()).get("verdict")
+    return verdict if verdict in ("pass", "fail") else None
 
 
 def run_reproduction(script: Path, target: str) -> tuple[int, str]:
@@ -185,6 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", action="append", help="only this target (repeatable)")
     parser.add_argument("--no-fetch", action="store_true", help="use the cache as it is")
     parser.add_argument(
+        "--no-fidelity",
+        action="store_true",
+        help="skip the fidelity runs (" + " ".join(FIDELITY_OPTIONS) + ")",
+    )
+    parser.add_argument(
         "--update", action="store_true", help="rewrite the expected file from this run"
     )
     parser.add_argument(
@@ -206,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         expected = load_expected(args.expected)
+        expected_fidelity = {} if args.no_fidelity else load_fidelity(args.expected)
     except ValueError as error:
         print(f"downstream: {error}", file=sys.stderr)
         return 2
@@ -226,12 +276,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         found[target_key(target)] = findings_of(json.loads(report.read_text()))
 
+    verdicts: dict[str, str] = {}
+    if expected_fidelity:
+        for target in targets:
+            path = reports / f"{target.replace('@', '_').replace(':', '_')}.fidelity.json"
+            verdict = fidelity(target, path, args.thorough)
+            if verdict is None:
+                broken.append(f"{target}: the fidelity run did not finish")
+            else:
+                verdicts[target_key(target)] = verdict
+
     if args.update:
         write_expected(args.expected, found, expected, args.thorough)
+        if verdicts:
+            write_fidelity(args.expected, verdicts)
         print(f"downstream: wrote {args.expected}")
         expected = load_expected(args.expected)
+        expected_fidelity = load_fidelity(args.expected) if expected_fidelity else {}
 
     failures = list(broken)
+    for key, verdict in verdicts.items():
+        wanted = expected_fidelity.get(key)
+        state = "as expected" if verdict == wanted else f"CHANGED (expected {wanted})"
+        print(f"  fidelity {key:<31} {verdict}, {state}")
+        if verdict != wanted:
+            failures.append(f"{key}: fidelity verdict {verdict}, expected {wanted}")
     print("\ndownstream findings, against " + str(args.expected))
     for key, keys in found.items():
         result = compare(key, keys, expected.get(key, []), args.thorough)

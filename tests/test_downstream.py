@@ -145,6 +145,8 @@ class FakeRun:
         self.gated: list[tuple[str, bool]] = []
         self.options: list[list[str]] = []
         self.reproduced: list[tuple[str, str]] = []
+        self.verdicts: dict[str, str] = {}
+        self.fidelity_runs: list[str] = []
 
     def gate(self, target: str, path: Path, thorough: bool, extra: Sequence[str]) -> int:
         self.gated.append((target, thorough))
@@ -154,26 +156,38 @@ class FakeRun:
         path.write_text(json.dumps(self.reports[target]))
         return 1 if self.reports[target]["findings"] else 0
 
+    def fidelity(self, target: str, path: Path, thorough: bool) -> str | None:
+        self.fidelity_runs.append(target)
+        return self.verdicts.get(target)
+
     def reproduce(self, script: Path, target: str) -> tuple[int, str]:
         self.reproduced.append((script.name, target))
         return self.repro_status, "wrong output\n"
 
 
-def run_main(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeRun, *extra: str) -> int:
-    expected = write(
-        tmp_path / "expected.json",
-        {
-            "format": 1,
-            "targets": {
-                "vllm:default": [],
-                "sglang:deepseek_vec": [
-                    {"check": "dtype", "code": "phy2log", "reproduction": "repro_a.py"}
-                ],
-            },
+def run_main(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fake: FakeRun,
+    *extra: str,
+    verdicts: dict[str, str] | None = None,
+) -> int:
+    """``downstream.main`` on two targets; ``verdicts``: expected fidelity verdicts."""
+    document: dict[str, Any] = {
+        "format": 1,
+        "targets": {
+            "vllm:default": [],
+            "sglang:deepseek_vec": [
+                {"check": "dtype", "code": "phy2log", "reproduction": "repro_a.py"}
+            ],
         },
-    )
+    }
+    if verdicts is not None:
+        document["fidelity"] = {"verdicts": verdicts}
+    expected = write(tmp_path / "expected.json", document)
     monkeypatch.setattr(downstream, "gate", fake.gate)
     monkeypatch.setattr(downstream, "run_reproduction", fake.reproduce)
+    monkeypatch.setattr(downstream, "fidelity", fake.fidelity)
     arguments = ["--no-fetch", "--expected", str(expected), "--reports", str(tmp_path / "r")]
     arguments += ["--target", "vllm@1:default", "--target", "sglang@2:deepseek_vec", *extra]
     return downstream.main(arguments)
@@ -279,3 +293,28 @@ def test_the_repository_expected_file_names_pinned_targets_and_real_scripts() ->
             assert finding.note, f"{target} {finding.key}: say what the finding is"
             if finding.reproduction:
                 assert (EXPECTED_FILE.parent / finding.reproduction).is_file()
+
+
+def test_fidelity_verdicts_are_compared_with_the_expected_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = {"vllm:default": "pass", "sglang:deepseek_vec": "fail"}
+    reports = {"vllm@1:default": report(), "sglang@2:deepseek_vec": report(("dtype", "phy2log"))}
+    fake = FakeRun(reports)
+    fake.verdicts = {"vllm@1:default": "pass", "sglang@2:deepseek_vec": "fail"}
+    assert run_main(tmp_path, monkeypatch, fake, verdicts=expected) == 0
+    assert fake.fidelity_runs == ["vllm@1:default", "sglang@2:deepseek_vec"]
+    fake = FakeRun(reports)
+    fake.verdicts = {"vllm@1:default": "fail", "sglang@2:deepseek_vec": "fail"}
+    assert run_main(tmp_path, monkeypatch, fake, verdicts=expected) == 1
+    assert "vllm:default: fidelity verdict fail, expected pass" in capsys.readouterr().out
+    assert run_main(tmp_path, monkeypatch, fake, "--update", verdicts=expected) == 0
+    assert downstream.load_fidelity(tmp_path / "expected.json")["vllm:default"] == "fail"
+    assert [k.key for k in load_expected(tmp_path / "expected.json")["sglang:deepseek_vec"]] == [
+        ("dtype", "phy2log")
+    ]
+
+
+def test_the_repository_pins_a_fidelity_verdict_for_every_pinned_target() -> None:
+    verdicts = downstream.load_fidelity(EXPECTED_FILE)
+    assert set(verdicts) == {target_key(t) for t in pinned_targets()}

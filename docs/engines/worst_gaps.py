@@ -9,9 +9,10 @@ Before the search, every target meets the hand-picked ``FAMILY``: one hot expert
 G - 1 cold ones on 2G slots of G GPUs. Water-filling gives the hot expert G + 1
 replicas (any fewer raises its replica load), so one GPU holds two of them: peak
 2W/(G + 1), where one hot replica per GPU and the cold experts on the other slots give
-W/G + 1; the gap tends to (G - 1)/(G + 1): 33 % on 2 GPUs, 50 % on 3, 60 % on 4 (the
-largest the gate's tiny problems allow), 78 % on 8. The lines printed are search
-results, not bounds: no upper bound on a greedy balancer's gap is proved here.
+W/G + 1 (W/2 + 1/2 on 2 GPUs); the gap tends to (G - 1)/(G + 1): 33 % on 2 GPUs, 50 %
+on 3, 60 % on 4 (the largest the gate's tiny problems allow), 78 % on 8. The lines
+printed are search results, not bounds: no upper bound on a greedy balancer's gap is
+proved here.
 
 Calls run in this process (``properties.suite.in_process``); out-of-domain problems are
 skipped; outputs are read as int64 (only their values matter here). Each line's input
