@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     balancer_vectors.add_argument(
         "--tiers",
         default="handpicked,small,traces",
-        help="comma-separated: handpicked,small,traces (traces needs the trace files)",
+        help="comma-separated: handpicked,small,traces (the real traces: shipped, or --data)",
     )
     balancer_vectors.add_argument("--data", help=DATA_HELP)
     balancer_vectors.set_defaults(handler=run_balancer_vectors)
