@@ -423,6 +423,7 @@ def run_migration(args: argparse.Namespace) -> int:
             backend,
             args.interval_layers,
             args.interval_pairs,
+            started=getattr(args, "started", None),
         )
     finally:
         backend.close()
