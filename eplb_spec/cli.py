@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     balancer_vectors.add_argument(
         "--tiers",
         default="handpicked,small,traces",
-        help="comma-separated: handpicked,small,traces (traces needs the trace files)",
+        help="comma-separated: handpicked,small,traces (the real traces: shipped, or --data)",
     )
     balancer_vectors.add_argument("--data", help=DATA_HELP)
     balancer_vectors.set_defaults(handler=run_balancer_vectors)
@@ -429,6 +429,7 @@ def run_migration(args: argparse.Namespace) -> int:
             backend,
             args.interval_layers,
             args.interval_pairs,
+            started=getattr(args, "started", None),
         )
     finally:
         backend.close()

@@ -734,14 +734,46 @@ def balance_arrays(
     replicas_swapped`` exactly as ``impl.balancer.balance`` does, whatever ``threads``
     (default: ``default_threads()``).
     """
-    num_layers, num_experts = loads.shape
+    row_experts, row_loads = node_rows(loads, num_groups, num_nodes)
+    return place_layers(
+        row_experts,
+        row_loads,
+        num_replicas,
+        num_nodes,
+        num_gpus,
+        refined=refined,
+        refine_a=refine_a,
+        refine_b=refine_b,
+        threads=threads,
+    )
 
-    # Step 1: groups to nodes, and each node's experts in node-local order.
+
+def node_rows(loads: FloatArray, num_groups: int, num_nodes: int) -> tuple[IntArray, FloatArray]:
+    """Step 1: groups to nodes; each (layer, node) row's experts in node-local order
+    (``[L * N, E / N]``) and their loads."""
+    num_experts = loads.shape[1]
     group_pack, group_rank = pack_balanced_rows(group_loads_rows(loads, num_groups), num_nodes)
     row_experts = node_local_experts_rows(
         group_pack, group_rank, num_nodes, num_experts // num_groups
     )
-    row_loads = gather_rows(loads, row_experts, num_nodes)
+    return row_experts, gather_rows(loads, row_experts, num_nodes)
+
+
+def place_layers(
+    row_experts: IntArray,
+    row_loads: FloatArray,
+    num_replicas: int,
+    num_nodes: int,
+    num_gpus: int,
+    *,
+    refined: bool,
+    refine_a: bool,
+    refine_b: bool,
+    threads: int | None = None,
+) -> tuple[IntArray, IntArray, IntArray, BoolArray, BoolArray]:
+    """Steps 2 to 4 on the rows of ``node_rows``: the outputs of ``balance_arrays``."""
+    num_layers = row_experts.shape[0] // num_nodes
+    num_experts = row_experts.shape[1] * num_nodes
 
     # Steps 2 to 4, in blocks of whole layers over up to ``threads`` threads. Layers are
     # independent, so the split does not change the result; the kernels release the GIL.

@@ -34,7 +34,8 @@ import numpy.typing as npt
 from impl.balancer import BalanceResult, balance
 from impl.explain import explain
 from properties.fidelity import REFERENCES, Reference, ties_met
-from properties.workloads import TRACE_CLUSTER, find_trace_dir, load_trace
+from properties.traces import asks_for_generated, shipped_trace_counts
+from properties.workloads import TRACE_CLUSTER, find_trace_dir, load_trace, without_dense_layers
 from spec.objectives import gpus_with_duplicate_replicas
 from spec.problem import BalancingProblem, Policy
 
@@ -559,7 +560,25 @@ class TracePick:
     file_row: int  # row of "logical_count" in the file
 
 
-def pick_trace_layers(trace_dir: Path) -> list[TracePick]:
+def trace_files(trace_dir: Path | None) -> list[tuple[str, FloatArray, int]]:
+    """Each trace as (file name, loads without the dense layers, how many dense layers
+    led): the JSON files of ``trace_dir``, or (None) the traces shipped with the package,
+    named after the files they were made from."""
+    if trace_dir is None:
+        found = []
+        for name, counts in shipped_trace_counts().items():
+            loads = without_dense_layers(counts.astype(np.float64))
+            found.append((f"{name}.json", loads, counts.shape[0] - loads.shape[0]))
+        return found
+    files = []
+    for path in sorted(trace_dir.glob("*.json")):
+        loads = load_trace(path)
+        dense = len(json.loads(path.read_text())["logical_count"]) - loads.shape[0]
+        files.append((path.name, loads, dense))
+    return files
+
+
+def pick_trace_layers(trace_dir: Path | None) -> list[TracePick]:
     """A handful of layers, chosen by what the reference does on them (first match in
     file order, then layer order): refinement A acting, refinement B acting, refinement
     B creating a duplicate, neither acting, the baseline's packing meeting equal replica
@@ -575,9 +594,7 @@ def pick_trace_layers(trace_dir: Path) -> list[TracePick]:
         )
     )
     largest: tuple[float, TracePick] | None = None
-    for path in sorted(trace_dir.glob("*.json")):
-        loads = load_trace(path)
-        dense = len(json.loads(path.read_text())["logical_count"]) - loads.shape[0]
+    for file, loads, dense in trace_files(trace_dir):
         problem = BalancingProblem(loads, *TRACE_CLUSTER)
         seed = balance(problem, fast=True)
         without_b = balance(problem, refine_b=False, fast=True)
@@ -588,9 +605,9 @@ def pick_trace_layers(trace_dir: Path) -> list[TracePick]:
         for layer in range(problem.num_layers):
 
             def pick(
-                why: str, layer: int = layer, path: Path = path, dense: int = dense
+                why: str, layer: int = layer, file: str = file, dense: int = dense
             ) -> TracePick:
-                return TracePick(why, path.name, layer, layer + dense)
+                return TracePick(why, file, layer, layer + dense)
 
             checks = {
                 "refinement A moves a replica": bool(seed.counts_refined[layer].any()),
@@ -598,14 +615,13 @@ def pick_trace_layers(trace_dir: Path) -> list[TracePick]:
                 "refinement B's swap creates a duplicate": bool(duplicates[layer]),
                 "neither refinement acts": not seed.counts_refined[layer].any()
                 and not seed.replicas_swapped[layer].any(),
-                "a decode layer": path.name.startswith("decode")
-                and layer == problem.num_layers // 2,
+                "a decode layer": file.startswith("decode") and layer == problem.num_layers // 2,
             }
             for why, hit in checks.items():
                 if hit and wanted[why] is None:
                     wanted[why] = pick(why)
             why = "the baseline's packing meets equal replica loads"
-            if wanted[why] is None and path.name.startswith("prefill"):
+            if wanted[why] is None and file.startswith("prefill"):
                 single = BalancingProblem(loads[layer : layer + 1], *TRACE_CLUSTER)
                 if "packing:equal-item-weights" in ties_met(single, 0, "baseline"):
                     wanted[why] = pick(why)
@@ -621,11 +637,13 @@ def pick_trace_layers(trace_dir: Path) -> list[TracePick]:
     return list(unique.values())
 
 
-def traces_tier(trace_dir: Path) -> dict[str, Any]:
+def traces_tier(trace_dir: Path | None = None) -> dict[str, Any]:
+    """The traces tier from the JSON files of ``trace_dir``, or from the shipped traces."""
     picks = pick_trace_layers(trace_dir)
+    by_file = {file: loads for file, loads, _ in trace_files(trace_dir)}
     vectors = []
     for p in picks:
-        loads = load_trace(trace_dir / p.file)[p.layer : p.layer + 1]
+        loads = by_file[p.file][p.layer : p.layer + 1]
         problem = BalancingProblem(loads, *TRACE_CLUSTER)
         name = f"{Path(p.file).stem}-layer{p.layer}"
         vectors.append(
@@ -662,8 +680,8 @@ def dump_tier(document: dict[str, Any]) -> str:
 
 
 def write_tiers(out: Path, tiers: Sequence[str] = TIERS, data: str | None = None) -> list[Path]:
-    """Write the tier files under ``out``; the traces tier needs the traces (ValueError
-    when they are not found)."""
+    """Write the tier files under ``out``; the traces tier reads the JSON traces in
+    ``data`` (or ``$EPLB_SPEC_DATA``, or ``../shared/data/...``), else the shipped ones."""
     for tier in tiers:
         if tier not in TIERS:
             raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
@@ -675,12 +693,9 @@ def write_tiers(out: Path, tiers: Sequence[str] = TIERS, data: str | None = None
         elif tier == "small":
             document = small_tier()
         else:
-            trace_dir = find_trace_dir(data)
-            if trace_dir is None:
-                raise ValueError(
-                    "the traces tier needs the traces: pass --data DIR or set EPLB_SPEC_DATA"
-                )
-            document = traces_tier(trace_dir)
+            if asks_for_generated(data):
+                raise ValueError("the traces tier is made of the real traces, not generated ones")
+            document = traces_tier(find_trace_dir(data))
         path = out / f"{tier}.json"
         path.write_text(dump_tier(document))
         written.append(path)

@@ -313,26 +313,35 @@ def describe_case(case: Any) -> dict[str, Any]:
 
 
 class Progress:
-    """A one-line progress bar on a terminal; plain section lines otherwise."""
+    """A progress bar per section on a terminal (tqdm, on standard error); plain section
+    lines otherwise."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.live = enabled and sys.stderr.isatty()
+        self.bar: Any = None
+        self.section = ""
 
     def show(self, section: str, done: int, total: int) -> None:
         if not self.enabled:
             return
         if self.live:
-            filled = int(20 * done / max(total, 1))
-            bar = "#" * filled + "-" * (20 - filled)
-            sys.stderr.write(f"\r  {section:<14} [{bar}] {done}/{total}   ")
-            sys.stderr.flush()
+            from tqdm import tqdm
+
+            if self.bar is None or section != self.section:
+                self.end()
+                self.section = section
+                self.bar = tqdm(total=total, desc=f"  {section:<14}", file=sys.stderr)
+            self.bar.total = total
+            self.bar.n = done
+            self.bar.refresh()
         elif done == 0:
             sys.stderr.write(f"  {section} ...\n")
 
     def end(self) -> None:
-        if self.live:
-            sys.stderr.write("\n")
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 @dataclass

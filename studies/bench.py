@@ -7,7 +7,9 @@ taken within this one run. Nothing here is asserted: speed claims live only here
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from properties.workloads import TRACE_CLUSTER, default_workloads, generated_loa
 from spec.problem import BalancingProblem
 
 LARGE_SHAPE = (96, 512)
+E2E_REPEATS = 300  # calls of each part of the fast path's breakdown
 LARGE_CLUSTER = (576, 16, 8, 64)
 
 
@@ -190,6 +193,129 @@ def technique_comparison(problem: BalancingProblem, rounds: int) -> dict[str, fl
     return result
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One part of the fast path's end-to-end call, timed alone."""
+
+    name: str
+    min_ms: float
+    median_ms: float
+
+
+@dataclass(frozen=True)
+class Rival:
+    """Another balancer on the same trace, in the same run as the fast path."""
+
+    name: str
+    median_ms: float
+    times_fast: float  # its median over the fast path's end-to-end median
+    note: str = ""
+
+
+END_TO_END = "end to end: rebalance_experts(weight, ..., fast=True)"
+
+
+def interleaved_samples(
+    calls: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each, the calls interleaved repeat by repeat (after one
+    warm-up call each)."""
+    for run in calls.values():
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, run in calls.items():
+            start = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def fast_path_breakdown(
+    loads: np.ndarray, cluster: tuple[int, int, int, int], repeats: int
+) -> list[Stage]:
+    """``rebalance_experts(..., fast=True)`` on ``loads`` as int64 token counts in a
+    torch tensor (what an engine passes), and each of its parts alone: checking and
+    converting the input, step 1 (compiled), steps 2 to 4 with the outputs (compiled),
+    and wrapping the outputs as tensors. Min and median ms over ``repeats`` calls."""
+    import torch
+
+    from impl import fast, rebalance_experts
+
+    weight = torch.from_numpy(np.ascontiguousarray(loads, dtype=np.int64))
+    problem = BalancingProblem(weight, *cluster)
+    nodes = problem.packing_nodes
+    rows = fast.node_rows(problem.loads, problem.packing_groups, nodes)
+    arrays = fast.place_layers(
+        *rows,
+        problem.num_replicas,
+        nodes,
+        problem.num_gpus,
+        refined=True,
+        refine_a=True,
+        refine_b=True,
+    )
+    calls: dict[str, Callable[[], object]] = {
+        END_TO_END: lambda: rebalance_experts(weight, *cluster, fast=True),
+        "  checking and converting the input (BalancingProblem)": lambda: BalancingProblem(
+            weight, *cluster
+        ),
+        "  step 1, compiled: groups to nodes (fast.node_rows)": lambda: fast.node_rows(
+            problem.loads, problem.packing_groups, nodes
+        ),
+        "  steps 2-4, compiled, outputs filled (fast.place_layers)": lambda: fast.place_layers(
+            *rows,
+            problem.num_replicas,
+            nodes,
+            problem.num_gpus,
+            refined=True,
+            refine_a=True,
+            refine_b=True,
+        ),
+        "  the outputs as torch tensors": lambda: [torch.from_numpy(a) for a in arrays[:3]],
+    }
+    samples = interleaved_samples(calls, repeats)
+    return [Stage(name, min(values) * 1e3, median_ms(values)) for name, values in samples.items()]
+
+
+def rivals(
+    loads: np.ndarray, cluster: tuple[int, int, int, int], rounds: int, fast_median_ms: float
+) -> list[Rival]:
+    """The readable reference and, where their releases are cached, vLLM's and SGLang's
+    balancers on the same trace (each in the dtype its engine's caller passes), timed in
+    this run; their ratio to the fast path's end-to-end median."""
+    import torch
+
+    from impl import rebalance_experts
+    from properties.engines import find_engine, pinned_targets
+    from properties.worker import TargetError
+
+    int64 = torch.from_numpy(np.ascontiguousarray(loads, dtype=np.int64))
+    calls: dict[str, Callable[[], object]] = {
+        "refined (reference, readable)": lambda: rebalance_experts(int64, *cluster),
+        "baseline (reference, readable)": lambda: rebalance_experts(
+            int64, *cluster, variant="baseline"
+        ),
+    }
+    missing: list[Rival] = []
+    for target in pinned_targets():
+        try:
+            adapter = find_engine(target)
+        except TargetError as error:
+            missing.append(Rival(target, math.nan, math.nan, f"not timed: {error}"))
+            continue
+        if adapter is None or adapter.outside_domain(loads.shape[1], cluster):
+            continue
+        weight = int64.to(getattr(torch, adapter.caller_dtype or "int64"))
+        calls[target] = functools.partial(adapter.load(), weight, *cluster)
+    samples = interleaved_samples(calls, rounds)
+    timed = [
+        Rival(name, median_ms(values), median_ms(values) / fast_median_ms)
+        for name, values in samples.items()
+    ]
+    return timed + missing
+
+
 MEMORY_PROBE = """
 import sys
 from impl.balancer import Variant, balance
@@ -255,6 +381,27 @@ def run_benchmark(data: str | None, rounds: int, json_path: str | None) -> int:
     for t in timings:
         print(f"{t.case:<46}{t.contender:<24}{t.median_ms:>10.3f}{t.speedup_vs_baseline:>12.1f}")
 
+    first = workloads[0]
+    stages = fast_path_breakdown(first.loads, TRACE_CLUSTER, E2E_REPEATS)
+    end_to_end = stages[0]
+    shape = f"{first.loads.shape[0]}x{first.loads.shape[1]}"
+    print(
+        f"\nthe fast path on {first.name} ({shape} at {TRACE_CLUSTER}), int64 token counts in "
+        f"a torch tensor; {E2E_REPEATS} interleaved calls each, ms"
+    )
+    print(f"{'part':<62}{'min':>9}{'median':>9}")
+    for stage in stages:
+        print(f"{stage.name:<62}{stage.min_ms:>9.3f}{stage.median_ms:>9.3f}")
+    parts = sum(stage.median_ms for stage in stages[1:])
+    print(f"{'  the parts together (the rest: Python between them)':<62}{'':>9}{parts:>9.3f}")
+    others = rivals(first.loads, TRACE_CLUSTER, max(3, rounds), end_to_end.median_ms)
+    print(f"\n{'same trace, same run':<46}{'ms/call':>10}{'x fast e2e':>12}")
+    for rival in others:
+        if rival.note:
+            print(f"{rival.name:<46}  {rival.note}")
+        else:
+            print(f"{rival.name:<46}{rival.median_ms:>10.2f}{rival.times_fast:>12.0f}")
+
     technique = technique_comparison(trace_problems[0], max(3, rounds))
     rows_of_one_trace = trace_problems[0].num_layers * trace_problems[0].packing_nodes
     print(
@@ -282,6 +429,8 @@ def run_benchmark(data: str | None, rounds: int, json_path: str | None) -> int:
             "source": note,
             "rounds": rounds,
             "timings": [asdict(t) for t in timings],
+            "fast_path": [asdict(stage) for stage in stages],
+            "rivals": [asdict(rival) for rival in others],
             "scaling": [asdict(p) for p in scaling],
             "diverse_greedy_ms": technique,
             "peak_memory_mb": memory,

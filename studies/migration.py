@@ -389,9 +389,11 @@ def run_study(
     settings: Settings,
     backend: Backend | None = None,
     cluster: Cluster = TRACE_CLUSTER,
+    started: float | None = None,
 ) -> StudyResult:
-    """The study on the traces in ``data`` (or the default folder, or generated)."""
-    start = time.perf_counter()
+    """The study on the traces in ``data`` (or the shipped ones, or generated); its time
+    counts from ``started`` (a ``time.perf_counter()``; default: now)."""
+    start = time.perf_counter() if started is None else started
     backend = backend or Inline()
     workloads, note = study_workloads(data, settings.traces)
     if len(workloads) < 2:
@@ -583,8 +585,9 @@ def run_migration_study(
     backend: Backend | None = None,
     interval_layers: int | None = None,
     interval_pairs: int | None = None,
+    started: float | None = None,
 ) -> int:
-    """``eplb-spec migration``."""
+    """``eplb-spec migration``; its time counts from ``started`` (the command's start)."""
     settings = Settings.quick() if quick else Settings()
     if interval_layers is not None:
         settings = replace(settings, interval_layers=interval_layers)
@@ -595,7 +598,7 @@ def run_migration_study(
         from studies.plots import prepare_folder
 
         folder = prepare_folder(plot, "--plot")
-    result = run_study(data, settings, backend)
+    result = run_study(data, settings, backend, started=started)
     print_study(result)
     if json_path:
         Path(json_path).write_text(json.dumps(result.to_json(), indent=2) + "\n")

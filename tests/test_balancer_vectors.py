@@ -31,9 +31,11 @@ from properties.balancer_vectors import (
     problem_of,
     resolved,
     small_tier,
+    traces_tier,
 )
 from properties.fidelity import REFERENCES
-from properties.workloads import find_trace_dir, load_trace
+from properties.traces import shipped_trace_counts
+from properties.workloads import without_dense_layers
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "balancer"
 
@@ -166,18 +168,20 @@ def test_the_generated_tiers_are_what_the_generator_writes() -> None:
 
 
 def test_trace_vectors_hold_the_layers_their_manifest_names() -> None:
-    trace_dir = find_trace_dir()
-    if trace_dir is None:
-        pytest.skip("the real traces are not here")
+    shipped = shipped_trace_counts()  # equal to the JSON files (tests/test_traces.py)
     document = tier_file("traces")
     layers = document["manifest"]["source"]["layers"]
     assert len(layers) == len(document["vectors"])
     for where, vector in zip(layers, document["vectors"], strict=True):
         assert vector["source"] == {k: where[k] for k in ("file", "moe_layer", "file_row")}
-        loads = load_trace(trace_dir / where["file"])
+        counts = shipped[Path(where["file"]).stem]
+        loads = without_dense_layers(counts.astype(np.float64))
         assert np.array_equal(decode_weight(vector), loads[where["moe_layer"]][None, :])
-        raw = json.loads((trace_dir / where["file"]).read_text())["logical_count"]
-        assert np.array_equal(decode_weight(vector)[0], np.asarray(raw[where["file_row"]]))
+        assert np.array_equal(decode_weight(vector)[0], counts[where["file_row"]])
+
+
+def test_the_traces_tier_is_what_the_generator_writes_from_the_shipped_traces() -> None:
+    assert traces_tier()["vectors"] == tier_file("traces")["vectors"]
 
 
 def test_the_readme_table_matches_the_files() -> None:

@@ -40,3 +40,19 @@ def test_the_process_started_before_now() -> None:
     started = process_started()
     assert started <= time.perf_counter()
     assert time.perf_counter() - started < 24 * 3600 * 365  # a process, not the machine
+
+
+def test_the_gate_shows_a_bar_per_section_on_a_terminal_and_lines_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from properties.gate import Progress
+
+    for stream, expected in ((Terminal(), "10/10"), (io.StringIO(), "  contract ...\n")):
+        monkeypatch.setattr("sys.stderr", stream)
+        progress_of_the_gate = Progress(True)
+        for done in range(11):
+            progress_of_the_gate.show("contract", done, 10)
+        progress_of_the_gate.end()
+        assert expected in stream.getvalue()
+        if not stream.isatty():
+            assert stream.getvalue() == "  contract ...\n"
