@@ -551,15 +551,23 @@ def rebalance_experts_incremental(
     num_groups: int,
     num_nodes: int,
     num_gpus: int,
-    previous: torch.Tensor | npt.NDArray[np.integer[Any]],
+    previous: torch.Tensor | npt.NDArray[np.integer[Any]] | None = None,
     *,
     eps: float = 0.01,
     max_transfers: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DeepSeek's signature with the old placement: ``rebalance_incremental`` within
-    ``eps`` of the reference's stateless peak (default 1 %), or with ``max_transfers``
-    per layer when given. CPU int64 tensors ``(phy2log, log2phy, logcnt)``."""
+    """DeepSeek's signature with the old placement (keyword ``previous`` or sixth):
+    ``rebalance_incremental`` within ``eps`` of the reference's stateless peak (default
+    1 %), or with ``max_transfers`` per layer when given; without an old placement, the
+    reference's stateless answer. CPU int64 tensors ``(phy2log, log2phy, logcnt)``."""
     problem = BalancingProblem(weight, num_replicas, num_groups, num_nodes, num_gpus)
+    if previous is None:
+        stateless = balance(problem)
+        return (
+            torch.from_numpy(stateless.phy2log),
+            torch.from_numpy(stateless.log2phy),
+            torch.from_numpy(stateless.logcnt),
+        )
     if max_transfers is None:
         result = rebalance_incremental(problem, previous, eps=eps)
     else:

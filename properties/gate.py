@@ -56,9 +56,12 @@ from properties.isolation import (
     TensorArg,
 )
 from properties.rebalance import (
+    BudgetedMode,
+    BudgetedTally,
     PreviousArgument,
     RebalanceTally,
     ScheduleTally,
+    check_budgeted_case,
     check_rebalance_case,
     check_schedule_case,
     describe_previous,
@@ -429,6 +432,7 @@ class GateRun:
     memory_mb: int
     gaps: list[Gap] = field(default_factory=list)
     previous: PreviousArgument | None = None  # how the target takes an old placement
+    budgeted: BudgetedMode | None = None  # --eps / --max-transfers: a budgeted rebalance
 
     @property
     def gave_up(self) -> bool:
@@ -596,7 +600,8 @@ def rebalance_section(run: GateRun) -> None:
     """The target with an old placement (``properties.rebalance``)."""
     argument = run.previous
     assert argument is not None
-    tally = RebalanceTally()
+    mode = run.budgeted
+    tally = RebalanceTally() if mode is None else BudgetedTally()
 
     def check(case: RebalanceCase, state: Hunt) -> None:
         if run.gave_up:
@@ -605,6 +610,18 @@ def rebalance_section(run: GateRun) -> None:
             state.skipped += not state.failed
             return
         soft = SoftFindings(state, case)
+        if mode is not None:
+            assert isinstance(tally, BudgetedTally)
+            check_budgeted_case(
+                run.call,
+                case,
+                argument,
+                mode,
+                soft=soft,
+                tally=None if state.failed else tally,
+                dtype=run.dtype_for,
+            )
+            return
         check_rebalance_case(
             run.call,
             case,
@@ -616,6 +633,17 @@ def rebalance_section(run: GateRun) -> None:
 
     state = hunt("rebalance", rebalance_gate_cases(), check, run.budget.rebalance, run.progress)
     run.finish_hunt("rebalance", state)
+    if isinstance(tally, BudgetedTally) and tally.layers_above_reference:
+        status = run.report.checks["rebalance"]
+        above = (
+            f"transfers above the relabeling optimum in {tally.layers_above_reference} of "
+            f"{tally.layers} layer(s)"
+        )
+        run.report.checks["rebalance"] = (
+            status.removesuffix(": pass") + f": FAIL ({above})"
+            if status.endswith(": pass")
+            else f"{status}; {above}"
+        )
     if any(f.code == "transfers-above-fewest" for f, _ in state.soft):
         status = run.report.checks["rebalance"]
         above = (
@@ -945,6 +973,8 @@ def run_gate(
     previous: str | int | None = None,
     schedule: str | None = None,
     schedule_exchanges: bool | None = None,
+    eps: float | None = None,
+    max_transfers: int | None = None,
 ) -> GateReport:
     """Check ``target`` and return the report.
 
@@ -961,7 +991,9 @@ def run_gate(
     positional argument); engine adapters that take one need none. ``schedule``: a
     transfer schedule target ``f(previous, phy2log, num_experts, num_gpus, num_nodes)``;
     ``schedule_exchanges`` False checks the stricter one-directed-peer rule (the
-    default for ``vllm:migration_scheduler``).
+    default for ``vllm:migration_scheduler``). ``eps`` or ``max_transfers`` make the
+    rebalance section check a budgeted rebalance (``properties.rebalance.
+    check_budgeted_case``) instead of one that keeps its stateless balance.
     """
     if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
         raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout_s!r}")
@@ -989,7 +1021,15 @@ def run_gate(
         "refinement-b": refine_b is not None,
     }  # an engine adapter may know how to pass an old placement without --previous
     available = {**given, "rebalance": argument is not None}
+    budgeted = BudgetedMode.parse(eps, max_transfers)
+    if budgeted is not None and argument is None:
+        raise ValueError("--eps and --max-transfers check a rebalance: give --previous")
     chosen = sections_that_run(chosen, checks, available, given)
+    if budgeted is not None and "rebalance" not in chosen:
+        raise ValueError(
+            "--eps/--max-transfers are given but the rebalance section is left out by "
+            "--checks/--skip"
+        )
     failures = FailureCount()
     with IsolatedTarget(
         target,
@@ -1009,6 +1049,7 @@ def run_gate(
             timeout_s,
             memory_mb,
             previous=argument,
+            budgeted=budgeted,
         )
         try:
             gate_body(run, chosen, data, refine_a, refine_b, schedule, exchanges)
@@ -1156,7 +1197,17 @@ def gate_report_text(report: GateReport) -> str:
             "    peak/LB: peak GPU load over a certified lower bound on the optimum (1 is optimal);"
             " s/call: wall time of one isolated call, seen from the gate."
         )
-    if report.rebalance:
+    if report.rebalance and "mode" in report.rebalance:
+        r = report.rebalance
+        lines.append(
+            f"  rebalance, budgeted ({r['mode']}; {r['previous']}): {r['cases']} cases, "
+            f"{r['layers']} layers: {r['transfers']} transfers, peak at most "
+            f"{r['worst_peak_over_stateless']:.4f} x its stateless answer's; relabeling "
+            f"optimum {r['fewest_relabeled']} (above it in {r['layers_above_reference']} "
+            f"layer(s)); impl.incremental {r['incremental_transfers']}; load-flow bound "
+            f"{r['bound']['lower']} on {r['bound']['layers']} layer(s)"
+        )
+    elif report.rebalance:
         r = report.rebalance
         oracle = r["oracle"]
         lines.append(
@@ -1355,6 +1406,8 @@ def gate_main(
     previous: str | None = None,
     schedule: str | None = None,
     schedule_exchanges: bool | None = None,
+    eps: float | None = None,
+    max_transfers: int | None = None,
 ) -> int:
     """The ``eplb-spec gate`` command. Exit status: 0 pass, 1 findings, 2 the target
     cannot be imported or an argument is wrong, 3 an internal error of the gate,
@@ -1376,6 +1429,8 @@ def gate_main(
             previous=previous,
             schedule=schedule,
             schedule_exchanges=schedule_exchanges,
+            eps=eps,
+            max_transfers=max_transfers,
         )
         return report.verdict, gate_report_text(report), report.to_json()
 
