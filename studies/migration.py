@@ -594,7 +594,7 @@ def print_budgeted(rows: Sequence[dict[str, Any]], s: dict[str, Any]) -> None:
         "\nbudgeted rebalancing (impl.incremental, fast path): peak within (1 + eps) x the "
         "stateless peak, per pair (median / worst over the pairs); the bound is "
         "oracle.budgeted's load-flow lower bound for the same peak (analytical in brackets); "
-        "seconds per whole pair on one core"
+        "CPU seconds per whole pair (process time, one thread)"
     )
     print(
         f"  {'eps':>6}{'transfers':>18}{'bound (analytical)':>28}{'x bound':>16}"
