@@ -29,9 +29,9 @@ class BudgetedFigures:
     """One pair at one tolerance, summed over its layers: the incremental rebalancer's
     transfers, the load-flow lower bound and the analytical one for a peak within
     ``(1 + eps)`` of the stateless answer's, the layers where the relabeled stateless
-    answer was taken, and the CPU seconds of the rebalance (``fast=True`` on one thread, stateless answer
-    included; process time, so that other work on the machine does not count) and of
-    the bound."""
+    answer was taken, and the CPU seconds of the rebalance (``fast=True`` on one thread,
+    stateless answer included; process time, so that other work on the machine does not
+    count) and of the bound."""
 
     eps: float
     transfers: int
