@@ -50,7 +50,13 @@ from properties.rebalance import relabeling_optimum
 from properties.workloads import TRACE_CLUSTER, Workload, default_workloads, generated_loads
 from spec.migration import count_transfers, exact_gpu_loads, network_nodes
 from spec.problem import BalancingProblem
-from studies.budgeted import BUDGETED_EPS, BudgetedFigures, budgeted_pairs, budgeted_summary
+from studies.budgeted import (
+    BOUND_EPS,
+    BUDGETED_EPS,
+    BudgetedFigures,
+    budgeted_pairs,
+    budgeted_summary,
+)
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -77,7 +83,7 @@ class Settings:
     eps: tuple[float, ...] = DEFAULT_EPS
     time_limit_s: float = 10.0
     budgeted_eps: tuple[float, ...] = BUDGETED_EPS
-    budgeted_bound: bool = True
+    budgeted_bound_eps: tuple[float, ...] = BOUND_EPS
 
     @classmethod
     def quick(cls) -> Settings:
@@ -132,7 +138,7 @@ class NewTraceJob:
     interval_olds: frozenset[str]  # the old traces whose pairs get intervals
     time_limit_s: float
     budgeted_eps: tuple[float, ...] = BUDGETED_EPS
-    budgeted_bound: bool = True
+    budgeted_bound_eps: tuple[float, ...] = BOUND_EPS
 
 
 def sizes(problem: BalancingProblem) -> dict[str, int]:
@@ -167,7 +173,7 @@ def new_trace_job(job: NewTraceJob) -> list[PairFigures]:
     ]
     settings = SolverSettings(time_limit_s=job.time_limit_s)
     budgeted = budgeted_pairs(
-        problem, [old for _, old in job.olds], peaks, job.budgeted_eps, job.budgeted_bound
+        problem, [old for _, old in job.olds], peaks, job.budgeted_eps, job.budgeted_bound_eps
     )
     results = []
     for index, (name, old) in enumerate(job.olds):
@@ -426,7 +432,7 @@ def run_study(
             frozenset(old for old, into in with_intervals if into == new),
             settings.time_limit_s,
             settings.budgeted_eps,
-            settings.budgeted_bound,
+            settings.budgeted_bound_eps,
         )
         for new in names
     ]
@@ -602,12 +608,17 @@ def print_budgeted(rows: Sequence[dict[str, Any]], s: dict[str, Any]) -> None:
     )
     for row in rows:
         t, b, a, x = row["transfers"], row["bound"], row["analytical"], row["transfers_over_bound"]
-        print(
-            f"  {row['eps']:>6g}{t['median']:>9.0f} / {t['worst']:<6.0f}"
+        bound = (
             f"{b['median']:>9.0f} / {b['worst']:<5.0f} ({a['median']:.0f})"
-            f"{x['median']:>8.2f} / {x['worst']:<5.2f}{row['fell_back']:>8}"
+            if b is not None
+            else f"{'-':>18}"
+        )
+        over = f"{x['median']:>8.2f} / {x['worst']:<5.2f}" if x is not None else f"{'-':>16}"
+        print(
+            f"  {row['eps']:>6g}{t['median']:>9.0f} / {t['worst']:<6.0f}{bound}{over}"
+            f"{row['fell_back']:>8}"
             f"{row['seconds']['median']:>8.2f} / {row['seconds']['worst']:<5.2f}"
-            f"{row['bound_seconds']['median']:>8.1f}"
+            + (f"{row['bound_seconds']['median']:>8.1f}" if b is not None else "")
         )
     print(
         f"  beside: stateless {s['stateless']['median']:.0f} / {s['stateless']['worst']:.0f}, "
