@@ -384,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many pairs, spread over all of them, get those intervals (default 12; "
         "0 for none)",
     )
+    migration.add_argument(
+        "--tradeoff-layers",
+        type=bounded_int(0, 1000),
+        metavar="K",
+        help="layers of the median pair that get the oracle's trade-off curve, minutes each "
+        "(default 3; 0 for none)",
+    )
     add_backend_options(migration, default_workers=None)
     migration.set_defaults(handler=run_migration)
 
@@ -424,6 +431,7 @@ def run_migration(args: argparse.Namespace) -> int:
             backend,
             args.interval_layers,
             args.interval_pairs,
+            getattr(args, "tradeoff_layers", None),
         )
     finally:
         backend.close()

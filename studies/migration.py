@@ -636,6 +636,7 @@ def run_migration_study(
     backend: Backend | None = None,
     interval_layers: int | None = None,
     interval_pairs: int | None = None,
+    tradeoff_layers: int | None = None,
 ) -> int:
     """``eplb-spec migration``."""
     settings = Settings.quick() if quick else Settings()
@@ -643,6 +644,8 @@ def run_migration_study(
         settings = replace(settings, interval_layers=interval_layers)
     if interval_pairs is not None:
         settings = replace(settings, interval_pairs=interval_pairs)
+    if tradeoff_layers is not None:
+        settings = replace(settings, tradeoff_layers=tradeoff_layers)
     folder = None
     if plot is not None:
         from studies.plots import prepare_folder
