@@ -269,6 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
         "old_global_expert_indices; --impl vllm needs none)",
     )
     gate.add_argument(
+        "--eps",
+        type=float,
+        metavar="TOLERANCE",
+        help="with --previous: the target is a budgeted rebalancer whose peak must stay within "
+        "(1 + TOLERANCE) x its own stateless answer's (e.g. 0.01); its transfers are set "
+        "beside the relabeling optimum, impl.incremental and the oracle's load-flow bound",
+    )
+    gate.add_argument(
+        "--max-transfers",
+        type=int,
+        metavar="K",
+        help="with --previous: the target is a budgeted rebalancer that may make at most K "
+        "transfers per layer and never a peak above the old placement's",
+    )
+    gate.add_argument(
         "--schedule",
         metavar="TARGET",
         help="also check a transfer schedule f(previous, phy2log, num_experts, num_gpus, "
@@ -389,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many pairs, spread over all of them, get those intervals (default 12; "
         "0 for none)",
     )
+    migration.add_argument(
+        "--tradeoff-layers",
+        type=bounded_int(0, 1000),
+        metavar="K",
+        help="layers of the median pair that get the oracle's trade-off curve, minutes each "
+        "(default 3; 0 for none)",
+    )
     add_backend_options(migration, default_workers=None)
     migration.set_defaults(handler=run_migration)
 
@@ -429,6 +451,7 @@ def run_migration(args: argparse.Namespace) -> int:
             backend,
             args.interval_layers,
             args.interval_pairs,
+            tradeoff_layers=getattr(args, "tradeoff_layers", None),
             started=getattr(args, "started", None),
         )
     finally:
@@ -460,6 +483,8 @@ def run_gate_command(args: argparse.Namespace) -> int:
             "--previous": getattr(args, "previous", None),
             "--schedule": getattr(args, "schedule", None),
             "--no-exchanges": getattr(args, "no_exchanges", None),
+            "--eps": getattr(args, "eps", None),
+            "--max-transfers": getattr(args, "max_transfers", None),
         }
         given = [option for option, value in not_in_fidelity.items() if value is not None]
         if given:
@@ -495,6 +520,8 @@ def run_gate_command(args: argparse.Namespace) -> int:
         schedule=getattr(args, "schedule", None),
         schedule_exchanges=None if not getattr(args, "no_exchanges", None) else False,
         started=getattr(args, "started", None),
+        eps=getattr(args, "eps", None),
+        max_transfers=getattr(args, "max_transfers", None),
     )
 
 

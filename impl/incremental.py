@@ -438,14 +438,15 @@ def rebalance_incremental(
     reference_peaks: Sequence[Fraction | float] | None = None,
     max_transfers: int | None = None,
     fast: bool = False,
+    threads: int | None = None,
 ) -> IncrementalResult:
     """Rebalance ``problem`` from ``previous`` (a valid ``[L, R]`` placement) either for
     the fewest transfers with every layer's peak at most ``(1 + eps)`` times its
     reference peak (``eps``; by default the reference balancer's stateless peak), or for
     the lowest peak with at most ``max_transfers`` transfers per layer. Exactly one of
     ``eps`` and ``max_transfers`` must be given. ``fast=True`` computes the stateless
-    answer with the compiled balancer (``impl.fast``, identical output), so the answer
-    is the same."""
+    answer with the compiled balancer (``impl.fast``, identical output; ``threads``
+    caps its threads), so the answer is the same."""
     old = validate_placement(problem, previous, "previous")
     if (eps is None) == (max_transfers is None):
         raise ValueError("give exactly one of eps (a tolerance) and max_transfers (a budget)")
@@ -453,7 +454,7 @@ def rebalance_incremental(
         isinstance(max_transfers, bool) or not isinstance(max_transfers, int) or max_transfers < 0
     ):
         raise ValueError(f"max_transfers must be a non-negative int, got {max_transfers!r}")
-    relabeled = balance(problem, previous=old, fast=fast).phy2log
+    relabeled = balance(problem, previous=old, fast=fast, threads=threads).phy2log
     num_experts, num_gpus = problem.num_experts, problem.num_gpus
     relabeled_transfers = count_transfers(
         old, relabeled, num_experts=num_experts, num_gpus=num_gpus
@@ -550,15 +551,23 @@ def rebalance_experts_incremental(
     num_groups: int,
     num_nodes: int,
     num_gpus: int,
-    previous: torch.Tensor | npt.NDArray[np.integer[Any]],
+    previous: torch.Tensor | npt.NDArray[np.integer[Any]] | None = None,
     *,
     eps: float = 0.01,
     max_transfers: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DeepSeek's signature with the old placement: ``rebalance_incremental`` within
-    ``eps`` of the reference's stateless peak (default 1 %), or with ``max_transfers``
-    per layer when given. CPU int64 tensors ``(phy2log, log2phy, logcnt)``."""
+    """DeepSeek's signature with the old placement (keyword ``previous`` or sixth):
+    ``rebalance_incremental`` within ``eps`` of the reference's stateless peak (default
+    1 %), or with ``max_transfers`` per layer when given; without an old placement, the
+    reference's stateless answer. CPU int64 tensors ``(phy2log, log2phy, logcnt)``."""
     problem = BalancingProblem(weight, num_replicas, num_groups, num_nodes, num_gpus)
+    if previous is None:
+        stateless = balance(problem)
+        return (
+            torch.from_numpy(stateless.phy2log),
+            torch.from_numpy(stateless.log2phy),
+            torch.from_numpy(stateless.logcnt),
+        )
     if max_transfers is None:
         result = rebalance_incremental(problem, previous, eps=eps)
     else:

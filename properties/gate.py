@@ -66,9 +66,12 @@ from properties.quality import (
 from properties.quality import above_limit as proven_gap_above
 from properties.quality import summarise as summarise_proven
 from properties.rebalance import (
+    BudgetedMode,
+    BudgetedTally,
     PreviousArgument,
     RebalanceTally,
     ScheduleTally,
+    check_budgeted_case,
     check_rebalance_case,
     check_schedule_case,
     describe_previous,
@@ -469,6 +472,7 @@ class GateRun:
     previous: PreviousArgument | None = None  # how the target takes an old placement
     proven: list[ProvenGap] = field(default_factory=list)  # every layer scored
     failing_proven: list[ProvenGap] = field(default_factory=list)  # the last failing example
+    budgeted: BudgetedMode | None = None  # --eps / --max-transfers: a budgeted rebalance
 
     @property
     def gave_up(self) -> bool:
@@ -669,7 +673,8 @@ def rebalance_section(run: GateRun) -> None:
     """The target with an old placement (``properties.rebalance``)."""
     argument = run.previous
     assert argument is not None
-    tally = RebalanceTally()
+    mode = run.budgeted
+    tally = RebalanceTally() if mode is None else BudgetedTally()
 
     def check(case: RebalanceCase, state: Hunt) -> None:
         if run.gave_up:
@@ -678,6 +683,18 @@ def rebalance_section(run: GateRun) -> None:
             state.skipped += not state.failed
             return
         soft = SoftFindings(state, case)
+        if mode is not None:
+            assert isinstance(tally, BudgetedTally)
+            check_budgeted_case(
+                run.call,
+                case,
+                argument,
+                mode,
+                soft=soft,
+                tally=None if state.failed else tally,
+                dtype=run.dtype_for,
+            )
+            return
         check_rebalance_case(
             run.call,
             case,
@@ -689,6 +706,17 @@ def rebalance_section(run: GateRun) -> None:
 
     state = hunt("rebalance", rebalance_gate_cases(), check, run.budget.rebalance, run.progress)
     run.finish_hunt("rebalance", state)
+    if isinstance(tally, BudgetedTally) and tally.layers_above_reference:
+        status = run.report.checks["rebalance"]
+        above = (
+            f"transfers above the relabeling optimum in {tally.layers_above_reference} of "
+            f"{tally.layers} layer(s)"
+        )
+        run.report.checks["rebalance"] = (
+            status.removesuffix(": pass") + f": FAIL ({above})"
+            if status.endswith(": pass")
+            else f"{status}; {above}"
+        )
     if any(f.code == "transfers-above-fewest" for f, _ in state.soft):
         status = run.report.checks["rebalance"]
         above = (
@@ -1088,6 +1116,8 @@ def run_gate(
     schedule: str | None = None,
     schedule_exchanges: bool | None = None,
     started: float | None = None,
+    eps: float | None = None,
+    max_transfers: int | None = None,
 ) -> GateReport:
     """Check ``target`` and return the report.
 
@@ -1106,6 +1136,9 @@ def run_gate(
     ``schedule_exchanges`` False checks the stricter one-directed-peer rule (the
     default for ``vllm:migration_scheduler``). ``started``: the ``time.perf_counter()``
     the report's time counts from (the command line's start; default: this call's).
+    ``eps`` or ``max_transfers`` make the
+    rebalance section check a budgeted rebalance (``properties.rebalance.
+    check_budgeted_case``) instead of one that keeps its stateless balance.
     """
     if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
         raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout_s!r}")
@@ -1133,7 +1166,15 @@ def run_gate(
         "refinement-b": refine_b is not None,
     }  # an engine adapter may know how to pass an old placement without --previous
     available = {**given, "rebalance": argument is not None}
+    budgeted = BudgetedMode.parse(eps, max_transfers)
+    if budgeted is not None and argument is None:
+        raise ValueError("--eps and --max-transfers check a rebalance: give --previous")
     chosen = sections_that_run(chosen, checks, available, given)
+    if budgeted is not None and "rebalance" not in chosen:
+        raise ValueError(
+            "--eps/--max-transfers are given but the rebalance section is left out by "
+            "--checks/--skip"
+        )
     failures = FailureCount()
     with IsolatedTarget(
         target,
@@ -1153,6 +1194,7 @@ def run_gate(
             timeout_s,
             memory_mb,
             previous=argument,
+            budgeted=budgeted,
         )
         try:
             gate_body(run, chosen, data, refine_a, refine_b, schedule, exchanges)
@@ -1314,7 +1356,17 @@ def gate_report_text(report: GateReport) -> str:
             "reference's or the baseline's), which the optimum cannot exceed;"
             " s/call: wall time of one isolated call, seen from the gate."
         )
-    if report.rebalance:
+    if report.rebalance and "mode" in report.rebalance:
+        r = report.rebalance
+        lines.append(
+            f"  rebalance, budgeted ({r['mode']}; {r['previous']}): {r['cases']} cases, "
+            f"{r['layers']} layers: {r['transfers']} transfers, peak at most "
+            f"{r['worst_peak_over_stateless']:.4f} x its stateless answer's; relabeling "
+            f"optimum {r['fewest_relabeled']} (above it in {r['layers_above_reference']} "
+            f"layer(s)); impl.incremental {r['incremental_transfers']}; load-flow bound "
+            f"{r['bound']['lower']} on {r['bound']['layers']} layer(s)"
+        )
+    elif report.rebalance:
         r = report.rebalance
         oracle = r["oracle"]
         lines.append(
@@ -1545,6 +1597,8 @@ def gate_main(
     schedule: str | None = None,
     schedule_exchanges: bool | None = None,
     started: float | None = None,
+    eps: float | None = None,
+    max_transfers: int | None = None,
 ) -> int:
     """The ``eplb-spec gate`` command. Exit status: 0 pass, 1 findings, 2 the target
     cannot be imported or an argument is wrong, 3 an internal error of the gate,
@@ -1567,6 +1621,8 @@ def gate_main(
             schedule=schedule,
             schedule_exchanges=schedule_exchanges,
             started=started,
+            eps=eps,
+            max_transfers=max_transfers,
         )
         return report.verdict, gate_report_text(report), report.to_json()
 

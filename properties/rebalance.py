@@ -35,6 +35,7 @@ batch counts (torch, NumPy or lists), checked with ``spec.check_schedule``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -467,3 +468,186 @@ __all__ = [
     "parse_previous",
     "reference_schedule",
 ]
+
+
+# --- budgeted rebalances --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetedMode:
+    """What a budgeted rebalance is asked for: a peak within ``(1 + eps)`` of its own
+    stateless answer's (``eps``), or at most ``max_transfers`` transfers per layer."""
+
+    eps: float | None = None
+    max_transfers: int | None = None
+
+    @staticmethod
+    def parse(eps: object, max_transfers: object) -> BudgetedMode | None:
+        """``--eps`` / ``--max-transfers``: at most one; ValueError naming the option."""
+        if eps is not None and max_transfers is not None:
+            raise ValueError("--eps and --max-transfers are two modes: give one")
+        if eps is not None:
+            if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+                raise ValueError(f"--eps must be a number, got {eps!r}")
+            if not 0 <= float(eps) < math.inf:
+                raise ValueError(f"--eps must be a finite tolerance >= 0, got {eps!r}")
+            return BudgetedMode(eps=float(eps))
+        if max_transfers is not None:
+            if isinstance(max_transfers, bool) or not isinstance(max_transfers, int):
+                raise ValueError(f"--max-transfers must be an int, got {max_transfers!r}")
+            if max_transfers < 0:
+                raise ValueError(f"--max-transfers must be >= 0, got {max_transfers}")
+            return BudgetedMode(max_transfers=max_transfers)
+        return None
+
+    def describe(self) -> str:
+        if self.eps is not None:
+            return f"peak within (1 + {self.eps:g}) x its own stateless answer's"
+        return f"at most {self.max_transfers} transfers per layer"
+
+
+# The order in which one case's budgeted violations stop it.
+BUDGETED_PRIORITY = (
+    MigrationCode.PLACEMENT_INVALID,
+    MigrationCode.PEAK_ABOVE_TOLERANCE,
+    MigrationCode.TRANSFERS_ABOVE_BUDGET,
+    MigrationCode.PEAK_ABOVE_PREVIOUS,
+)
+
+
+@dataclass
+class BudgetedTally(RebalanceTally):
+    """The rebalance section's measures in a budgeted mode, and beside the target's
+    transfers: the reference incremental rebalancer's in the same mode (``impl.
+    incremental``, with the target's stateless peaks as the reference), and the load-flow
+    lower bound at the target's own peaks (``oracle.budgeted``) on the layers it covers."""
+
+    mode: str = ""
+    layers_above_reference: int = 0
+    incremental_transfers: int = 0
+    bound_layers: int = 0
+    bound: int = 0
+    bound_target_transfers: int = 0
+    worst_peak_over_stateless: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **super().to_json(),
+            "mode": self.mode,
+            "layers_above_reference": self.layers_above_reference,
+            "incremental_transfers": self.incremental_transfers,
+            "bound": {
+                "layers": self.bound_layers,
+                "lower": self.bound,
+                "target_transfers": self.bound_target_transfers,
+            },
+            "worst_peak_over_stateless": self.worst_peak_over_stateless,
+        }
+
+
+def check_budgeted_case(
+    call: Caller,
+    case: RebalanceCase,
+    argument: PreviousArgument,
+    mode: BudgetedMode,
+    *,
+    soft: list[Finding],
+    tally: BudgetedTally | None = None,
+    dtype: Callable[[Any], str] = lambda loads: "float64",
+    oracle: bool = True,
+) -> None:
+    """Check one budgeted rebalance against ``spec.check_budgeted_rebalance``: raise
+    ``Finding`` for ``placement-invalid``, ``peak-above-tolerance``,
+    ``transfers-above-budget`` and ``peak-above-previous``; append
+    ``transfers-above-reference`` (more than the relabeling optimum of its own
+    stateless answer) to ``soft``; add the measures to ``tally``."""
+    from impl.incremental import rebalance_incremental
+    from oracle.budgeted import transfer_lower_bound
+    from oracle.pipeline import MAX_SPLITS, split_count
+    from spec.budgeted import check_budgeted_rebalance, exact_peaks
+
+    problem = case.problem
+    previous = old_placement(call, case, soft, dtype)
+    stateless_outputs, _ = check_contract(call, problem, soft, dtype(problem.loads))
+    stateless = np.asarray(stateless_outputs.phy2log, dtype=np.int64)
+    what = f"called with an old placement ({describe_previous(argument)})"
+    try:
+        outputs, _ = check_contract(
+            with_previous(call, argument, previous), problem, soft, dtype(problem.loads)
+        )
+    except Finding as finding:
+        if finding.check == "contract":
+            raise Finding(
+                "rebalance", f"{what}: {finding.message}", MigrationCode.PLACEMENT_INVALID.value
+            ) from None
+        raise in_context(finding, what) from None
+    rebalanced = np.asarray(outputs.phy2log, dtype=np.int64)
+    fewest = transfers_per_layer(
+        problem, previous, relabeling_optimum(problem, previous, stateless)
+    )
+    peaks = exact_peaks(problem.loads, stateless, problem.num_gpus)
+    if mode.eps is not None:
+        violations = check_budgeted_rebalance(
+            problem,
+            previous,
+            rebalanced,
+            reference_peaks=peaks,
+            eps=mode.eps,
+            reference_transfers=fewest.tolist(),
+        )
+    else:
+        violations = check_budgeted_rebalance(
+            problem, previous, rebalanced, max_transfers=mode.max_transfers, not_above_previous=True
+        )
+    for code in BUDGETED_PRIORITY:
+        first = next((v for v in violations if v.code is code), None)
+        if first is not None:
+            raise Finding("rebalance", where(first), code.value)
+    transfers = transfers_per_layer(problem, previous, rebalanced)
+    above = [v for v in violations if v.code is MigrationCode.TRANSFERS_ABOVE_REFERENCE]
+    if above:
+        soft.append(
+            Finding(
+                "rebalance",
+                f"{where(above[0])}; {len(above)} of {problem.num_layers} layer(s) above the "
+                f"relabeling optimum of its own stateless answer, which keeps its stateless "
+                f"peak exactly: {int(transfers.sum())} transfers where {int(fewest.sum())} "
+                f"suffice",
+                MigrationCode.TRANSFERS_ABOVE_REFERENCE.value,
+            )
+        )
+    target_peaks = exact_peaks(problem.loads, rebalanced, problem.num_gpus)
+    if split_count(problem) <= MAX_SPLITS:
+        for layer in range(problem.num_layers):
+            found = transfer_lower_bound(
+                problem, layer, previous[layer].tolist(), target_peaks[layer]
+            )
+            if found.bound is None or found.bound > transfers[layer]:
+                raise OracleContradiction(
+                    f"layer {layer}: a valid placement with peak {target_peaks[layer]} needs "
+                    f"{int(transfers[layer])} transfers, but the load-flow bound says "
+                    f"{found.bound}, from {previous[layer].tolist()} on {problem.loads.tolist()}"
+                )
+            if tally is not None:
+                tally.bound_layers += 1
+                tally.bound += found.bound
+                tally.bound_target_transfers += int(transfers[layer])
+    if tally is not None:
+        reference = (
+            rebalance_incremental(problem, previous, eps=mode.eps, reference_peaks=peaks)
+            if mode.eps is not None
+            else rebalance_incremental(problem, previous, max_transfers=mode.max_transfers)
+        )
+        tally.mode = mode.describe()
+        tally.cases += 1
+        tally.layers += problem.num_layers
+        tally.transfers += int(transfers.sum())
+        tally.stateless_transfers += int(transfers_per_layer(problem, previous, stateless).sum())
+        tally.fewest_relabeled += int(fewest.sum())
+        tally.layers_above_reference += len(above)
+        tally.incremental_transfers += int(reference.transfers.sum())
+        tally.origins[case.origin] = tally.origins.get(case.origin, 0) + 1
+        ratios = [float(t / p) for t, p in zip(target_peaks, peaks, strict=True) if p > 0]
+        tally.worst_peak_over_stateless = max([tally.worst_peak_over_stateless, *ratios])
+    if oracle and is_tiny(problem):
+        compare_with_oracle(problem, previous, rebalanced, transfers, tally)

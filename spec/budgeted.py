@@ -73,6 +73,7 @@ def check_budgeted_rebalance(
     eps: Fraction | float | None = None,
     max_transfers: int | None = None,
     reference_transfers: Sequence[int] | None = None,
+    not_above_previous: bool = False,
 ) -> list[Violation]:
     """Every way ``phy2log``, a budgeted rebalance of ``problem`` from ``previous``,
     breaks its contract:
@@ -84,7 +85,9 @@ def check_budgeted_rebalance(
       ``max_transfers`` transfers;
     - ``transfers-above-reference`` (with ``reference_transfers``): a layer needs more
       transfers than the reference needs for it (e.g. the relabeling optimum of the
-      stateless answer, which meets the tolerance with ``eps >= 0``).
+      stateless answer, which meets the tolerance with ``eps >= 0``);
+    - ``peak-above-previous`` (with ``not_above_previous``, for the budget mode): a
+      layer's exact peak exceeds the old placement's, which needs no transfer at all.
 
     Transfers and peaks are computed from the placements and the loads. ``previous``
     must be a valid placement (ValueError otherwise).
@@ -146,5 +149,18 @@ def check_budgeted_rebalance(
                     layer,
                 )
             )
+    if not_above_previous:
+        before = exact_peaks(problem.loads, old, problem.num_gpus)
+        after = exact_peaks(problem.loads, new, problem.num_gpus)
+        for layer, (then, now) in enumerate(zip(before, after, strict=True)):
+            if now > then:
+                found.append(
+                    Violation(
+                        MigrationCode.PEAK_ABOVE_PREVIOUS,
+                        f"peak {float(now):.6g} above the old placement's {float(then):.6g}, "
+                        f"which needs no transfer",
+                        layer,
+                    )
+                )
     found.sort(key=lambda v: (-1 if v.layer is None else v.layer, v.code.value))
     return found

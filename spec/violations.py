@@ -53,6 +53,7 @@ class MigrationCode(enum.Enum):
     PEAK_ABOVE_TOLERANCE = "peak-above-tolerance"
     TRANSFERS_ABOVE_BUDGET = "transfers-above-budget"
     TRANSFERS_ABOVE_REFERENCE = "transfers-above-reference"
+    PEAK_ABOVE_PREVIOUS = "peak-above-previous"
     SCHEDULE_MALFORMED = "schedule-malformed"
     TRANSFER_MISSING = "transfer-missing"
     TRANSFER_DUPLICATED = "transfer-duplicated"

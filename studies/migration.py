@@ -51,6 +51,13 @@ from properties.rebalance import relabeling_optimum
 from properties.workloads import TRACE_CLUSTER, Workload, default_workloads, generated_loads
 from spec.migration import count_transfers, exact_gpu_loads, network_nodes
 from spec.problem import BalancingProblem
+from studies.budgeted import (
+    BOUND_EPS,
+    BUDGETED_EPS,
+    BudgetedFigures,
+    budgeted_pairs,
+    budgeted_summary,
+)
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -76,6 +83,8 @@ class Settings:
     tradeoff_layers: int = 3
     eps: tuple[float, ...] = DEFAULT_EPS
     time_limit_s: float = 10.0
+    budgeted_eps: tuple[float, ...] = BUDGETED_EPS
+    budgeted_bound_eps: tuple[float, ...] = BOUND_EPS
 
     @classmethod
     def quick(cls) -> Settings:
@@ -115,6 +124,7 @@ class PairFigures:
     lower_bound: int  # analytical, summed over the layers
     layers_at_bound: int  # layers where the relabeling optimum meets the bound: proven fewest
     intervals: list[Interval] = field(default_factory=list)
+    budgeted: list[BudgetedFigures] = field(default_factory=list)  # one per budgeted eps
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,8 @@ class NewTraceJob:
     interval_layers: tuple[int, ...]
     interval_olds: frozenset[str]  # the old traces whose pairs get intervals
     time_limit_s: float
+    budgeted_eps: tuple[float, ...] = BUDGETED_EPS
+    budgeted_bound_eps: tuple[float, ...] = BOUND_EPS
 
 
 def sizes(problem: BalancingProblem) -> dict[str, int]:
@@ -161,6 +173,9 @@ def new_trace_job(job: NewTraceJob) -> list[PairFigures]:
         for layer in range(problem.num_layers)
     ]
     settings = SolverSettings(time_limit_s=job.time_limit_s)
+    budgeted = budgeted_pairs(
+        problem, [old for _, old in job.olds], peaks, job.budgeted_eps, job.budgeted_bound_eps
+    )
     results = []
     for index, (name, old) in enumerate(job.olds):
         counts = {
@@ -200,6 +215,7 @@ def new_trace_job(job: NewTraceJob) -> list[PairFigures]:
                     int(fewest[layer]) == lower[layer] for layer in range(problem.num_layers)
                 ),
                 intervals=intervals,
+                budgeted=budgeted[index],
             )
         )
     return results
@@ -352,6 +368,8 @@ class StudyResult:
         result["inter_node"] = {
             way: summary([p.inter_node[way] for p in self.pairs]) for way in WAYS
         }
+        if self.pairs and self.pairs[0].budgeted:
+            result["budgeted"] = budgeted_summary([p.budgeted for p in self.pairs])
         intervals = [i for p in self.pairs for i in p.intervals]
         if intervals:
             result["intervals"] = {
@@ -417,6 +435,8 @@ def run_study(
             interval_layers,
             frozenset(old for old, into in with_intervals if into == new),
             settings.time_limit_s,
+            settings.budgeted_eps,
+            settings.budgeted_bound_eps,
         )
         for new in names
     ]
@@ -548,6 +568,8 @@ def print_study(result: StudyResult) -> None:
             f"  layers where the relabeling optimum meets the bound (proven fewest): "
             f"{at_bound} of {sum(p.layers for p in pairs)}"
         )
+    if "budgeted" in s:
+        print_budgeted(s["budgeted"], s)
     if "intervals" in s:
         i = s["intervals"]
         print(
@@ -577,6 +599,39 @@ def print_study(result: StudyResult) -> None:
     print(f"\n{result.seconds:.0f} s")
 
 
+def print_budgeted(rows: Sequence[dict[str, Any]], s: dict[str, Any]) -> None:
+    print(
+        "\nbudgeted rebalancing (impl.incremental, fast path): peak within (1 + eps) x the "
+        "stateless peak, per pair (median / worst over the pairs); the bound is "
+        "oracle.budgeted's load-flow lower bound for the same peak (analytical in brackets); "
+        "CPU seconds per whole pair (process time, one thread)"
+    )
+    print(
+        f"  {'eps':>6}{'transfers':>18}{'bound (analytical)':>28}{'x bound':>16}"
+        f"{'fell back':>10}{'s / pair':>14}{'bound s':>10}"
+    )
+    for row in rows:
+        t, b, a, x = row["transfers"], row["bound"], row["analytical"], row["transfers_over_bound"]
+        bound = (
+            f"{b['median']:>9.0f} / {b['worst']:<5.0f} ({a['median']:.0f})"
+            if b is not None
+            else f"{'-':>18}"
+        )
+        over = f"{x['median']:>8.2f} / {x['worst']:<5.2f}" if x is not None else f"{'-':>16}"
+        print(
+            f"  {row['eps']:>6g}{t['median']:>9.0f} / {t['worst']:<6.0f}{bound}{over}"
+            f"{row['fell_back']:>8}"
+            f"{row['seconds']['median']:>8.2f} / {row['seconds']['worst']:<5.2f}"
+            + (f"{row['bound_seconds']['median']:>8.1f}" if b is not None else "")
+        )
+    print(
+        f"  beside: stateless {s['stateless']['median']:.0f} / {s['stateless']['worst']:.0f}, "
+        f"slot preservation {s['slots_kept']['median']:.0f} / {s['slots_kept']['worst']:.0f}, "
+        f"relabeling optimum {s['relabeled']['median']:.0f} / {s['relabeled']['worst']:.0f} "
+        f"(all at the stateless peak exactly)"
+    )
+
+
 def run_migration_study(
     data: str | None,
     quick: bool,
@@ -586,6 +641,7 @@ def run_migration_study(
     interval_layers: int | None = None,
     interval_pairs: int | None = None,
     started: float | None = None,
+    tradeoff_layers: int | None = None,
 ) -> int:
     """``eplb-spec migration``; its time counts from ``started`` (the command's start)."""
     settings = Settings.quick() if quick else Settings()
@@ -593,6 +649,8 @@ def run_migration_study(
         settings = replace(settings, interval_layers=interval_layers)
     if interval_pairs is not None:
         settings = replace(settings, interval_pairs=interval_pairs)
+    if tradeoff_layers is not None:
+        settings = replace(settings, tradeoff_layers=tradeoff_layers)
     folder = None
     if plot is not None:
         from studies.plots import prepare_folder
@@ -602,6 +660,12 @@ def run_migration_study(
     print_study(result)
     if json_path:
         Path(json_path).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    if folder is not None and result.pairs and result.pairs[0].budgeted:
+        from studies.budgeted import budgeted_figure
+        from studies.plots import save_figure
+
+        for path in save_figure(budgeted_figure(result.pairs), folder, "migration-budgeted"):
+            print(f"wrote {path}")
     if folder is not None and result.tradeoffs:
         from studies.plots import save_figure, tradeoff_figure
 

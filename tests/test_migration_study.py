@@ -12,6 +12,7 @@ import pytest
 
 from eplb_spec.cli import main
 from impl import balance, migrate
+from impl.incremental import rebalance_incremental
 from properties import workloads
 from spec import BalancingProblem, count_transfers
 from studies import plots
@@ -77,9 +78,29 @@ def test_the_quick_study_runs_end_to_end_and_its_figures_hold(tmp_path: Path) ->
             assert point["upper"] <= curve["transfers"]["relabeled"]
     assert curve["transfers"]["old"] == 0
     assert sorted(p.name for p in figures.iterdir()) == [
+        "migration-budgeted.png",
+        "migration-budgeted.svg",
         "migration-tradeoff.png",
         "migration-tradeoff.svg",
     ]
+
+    # The budgeted columns: every tolerance on every pair, never above relabeling, the
+    # bound where computed never above the answer, one answer recomputed here.
+    for pair in pairs:
+        budgeted = pair["budgeted"]
+        assert [b["eps"] for b in budgeted] == list(quick.budgeted_eps)
+        for b in budgeted:
+            assert b["transfers"] <= pair["transfers"]["relabeled"]
+            assert (b["bound"] is not None) == (b["eps"] in quick.budgeted_bound_eps)
+            if b["bound"] is not None:
+                assert b["analytical"] <= b["bound"] <= b["transfers"]
+    at_one = quick.budgeted_eps.index(0.01)
+    answer = rebalance_incremental(problem, old, eps=0.01)
+    assert answer.transfers.sum() == first["budgeted"][at_one]["transfers"]
+    rows = document["summary"]["budgeted"]
+    assert [r["eps"] for r in rows] == list(quick.budgeted_eps)
+    values = [p["budgeted"][at_one]["transfers"] for p in pairs]
+    assert rows[at_one]["transfers"] == {"median": statistics.median(values), "worst": max(values)}
 
 
 def test_layers_are_spread_evenly() -> None:

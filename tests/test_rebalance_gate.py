@@ -15,7 +15,7 @@ from eplb_spec.cli import main
 from impl import rebalance_experts
 from impl.migration import apply_slot_map, keep_slots
 from properties.engines import find_engine
-from properties.gate import QUICK, SECTIONS, GateReport, run_gate
+from properties.gate import QUICK, SECTIONS, GateReport, gate_report_text, run_gate
 from properties.isolation import TargetError
 from properties.rebalance import (
     POSITION,
@@ -251,3 +251,87 @@ def test_a_schedule_case_in_process() -> None:
     with pytest.raises(Finding) as raised:
         check_schedule_case(in_process(lambda *a: (np.zeros((1, 4)),)), case, exchanges=True)
     assert raised.value.code == "schedule-malformed"
+
+
+# --- budgeted rebalances ----------------------------------------------------------------------
+
+INCREMENTAL = "impl.incremental:rebalance_experts_incremental"
+
+
+def budgeted_gate(
+    target: str, *, eps: float | None = None, max_transfers: int | None = None
+) -> GateReport:
+    return run_gate(
+        target,
+        budget=BUDGET,
+        checks=["rebalance"],
+        previous="previous",
+        eps=eps,
+        max_transfers=max_transfers,
+    )
+
+
+def test_the_incremental_rebalancer_passes_the_budgeted_section() -> None:
+    report = budgeted_gate(INCREMENTAL, eps=0.01)
+    assert report.verdict == "pass", report.summary()
+    measured = report.rebalance
+    assert measured["cases"] > 0
+    assert measured["worst_peak_over_stateless"] <= 1.01
+    assert measured["layers_above_reference"] == 0
+    assert measured["transfers"] <= measured["fewest_relabeled"]
+    assert measured["transfers"] == measured["incremental_transfers"]
+    assert measured["bound"]["layers"] > 0
+    assert measured["bound"]["lower"] <= measured["bound"]["target_transfers"]
+    assert "rebalance, budgeted" in gate_report_text(report)
+    within = budgeted_gate(f"{BROKEN}:incremental_within_two", max_transfers=2)
+    assert within.verdict == "pass", within.summary()
+
+
+@pytest.mark.parametrize(
+    ("broken", "options", "code"),
+    [
+        ("invalid_with_previous", {"eps": 0.01}, "placement-invalid"),
+        ("never_moves", {"eps": 0.01}, "peak-above-tolerance"),
+        ("reference", {"max_transfers": 0}, "transfers-above-budget"),
+        ("flipped_loads", {"max_transfers": 10_000}, "peak-above-previous"),
+        ("keeps_slots_only", {"eps": 0.01}, "transfers-above-reference"),
+    ],
+)
+def test_the_budgeted_section_catches_each_broken_rebalance(
+    broken: str, options: dict[str, float], code: str
+) -> None:
+    report = budgeted_gate(f"{BROKEN}:{broken}", **options)  # type: ignore[arg-type]
+    assert report.verdict == "fail"
+    assert found(report) == {("rebalance", code)}, report.summary()
+    assert report.findings[0].input is not None
+
+
+def test_vllms_rebalance_in_budgeted_terms() -> None:
+    """vLLM keeps its stateless balance (within any tolerance) but does not relabel: it
+    is above the relabeling optimum, which the section reports."""
+    try:
+        find_engine("vllm")
+    except TargetError as error:
+        pytest.skip(f"vLLM not available: {error}")
+    report = run_gate("vllm", budget=BUDGET, checks=["rebalance"], eps=0.01)
+    assert found(report) == {("rebalance", "transfers-above-reference")}, report.summary()
+    measured = report.rebalance
+    assert measured["cases"] > 0
+    assert measured["worst_peak_over_stateless"] <= 1.01
+    assert measured["transfers"] > measured["fewest_relabeled"]
+    assert measured["layers_above_reference"] > 0
+    assert measured["bound"]["lower"] <= measured["bound"]["target_transfers"]
+
+
+def test_budgeted_options_are_checked_before_any_work() -> None:
+    with pytest.raises(ValueError, match="give one"):
+        budgeted_gate(INCREMENTAL, eps=0.01, max_transfers=3)
+    with pytest.raises(ValueError, match="--eps must be a finite tolerance"):
+        budgeted_gate(INCREMENTAL, eps=-0.5)
+    with pytest.raises(ValueError, match="--max-transfers must be >= 0"):
+        budgeted_gate(INCREMENTAL, max_transfers=-1)
+    with pytest.raises(ValueError, match="give --previous"):
+        run_gate(INCREMENTAL, budget=BUDGET, checks=["contract"], eps=0.01)
+    with pytest.raises(ValueError, match="left out"):
+        run_gate(INCREMENTAL, budget=BUDGET, checks=["contract"], previous="previous", eps=0.01)
+    assert main(["gate", "--impl", INCREMENTAL, "--eps", "0.01"]) == 2

@@ -15,6 +15,7 @@ import numpy.typing as npt
 import torch
 
 from impl import rebalance_experts
+from impl.incremental import rebalance_experts_incremental
 from impl.migration import apply_slot_map, keep_slots, relabel_gpus, slots_of_gpus
 from properties.rebalance import reference_schedule
 from spec import BalancingProblem, Policy, network_nodes
@@ -106,6 +107,25 @@ def mutates_previous(
 def no_previous(weight: torch.Tensor, r: int, g: int, n: int, p: int) -> Outputs:
     """A stateless balancer: it takes no old placement at all."""
     return rebalance_experts(weight, r, g, n, p)
+
+
+def incremental_within_two(
+    weight: torch.Tensor, r: int, g: int, n: int, p: int, previous: Any = None
+) -> Outputs:
+    """The reference budgeted rebalancer with at most 2 transfers per layer."""
+    return rebalance_experts_incremental(weight, r, g, n, p, previous, max_transfers=2)
+
+
+def flipped_loads(
+    weight: torch.Tensor, r: int, g: int, n: int, p: int, previous: Any = None
+) -> torch.Tensor:
+    """With an old placement: the reference's relabeled rebalance for the loads in
+    reverse expert order, a valid placement made for other loads (often more peaked than
+    the old placement, which needs no transfer)."""
+    if previous is None:
+        return rebalance_experts(weight, r, g, n, p)[0]
+    flipped = torch.flip(torch.as_tensor(weight, dtype=torch.float64), dims=[1])
+    return rebalance_experts(flipped, r, g, n, p, previous=previous)[0]
 
 
 # --- schedules ------------------------------------------------------------------------------
