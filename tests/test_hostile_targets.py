@@ -52,11 +52,17 @@ def test_input_modification_is_seen_even_when_the_target_patches_torch_and_built
     assert checks_failed(report) == {"input-unmodified"}, report.summary()
 
 
-@pytest.mark.parametrize("target", ["nested_too_deep", "explodes_when_read", "garbage_on_the_wire"])
+@pytest.mark.parametrize("target", ["nested_too_deep", "garbage_on_the_wire"])
 def test_an_answer_that_cannot_be_decoded_is_a_finding(target: str) -> None:
     report = run_gate(f"{HOSTILE}:{target}", quick=True, checks=CONTRACT_ONLY)
     assert checks_failed(report) == {"undecodable-result"}, report.summary()
     assert report.findings[0].input is not None
+
+
+def test_an_object_that_only_claims_to_be_a_tensor_is_never_read() -> None:
+    report = run_gate(f"{HOSTILE}:explodes_when_read", quick=True, checks=CONTRACT_ONLY)
+    assert checks_failed(report) == {"contract"}, report.summary()
+    assert "phy2log must be a torch.Tensor or numpy.ndarray" in report.findings[0].message
 
 
 def test_output_floods_and_spoofed_verdicts_stay_out_of_the_report(

@@ -159,8 +159,9 @@ def leaves_a_report_rewriter(weight: torch.Tensor, r: int, g: int, n: int, p: in
 
 
 def fills_the_request_pipe(weight: torch.Tensor, r: int, g: int, n: int, p: int) -> Outputs:
-    """Answers, after filling its request pipe (opened again for writing through /proc)
-    and shrinking it, so that the gate's next request cannot be written."""
+    """Answers, after shrinking and filling its request pipe (opened again for writing
+    through /proc) and making the worker wait on another pipe, so that the gate's next
+    request can never be written."""
     request_fd = int(__import__("sys").argv[1])
     writer = os.open(f"/proc/self/fd/{request_fd}", os.O_WRONLY | os.O_NONBLOCK)
     fcntl.fcntl(writer, F_SETPIPE_SZ, 4096)
@@ -169,7 +170,13 @@ def fills_the_request_pipe(weight: torch.Tensor, r: int, g: int, n: int, p: int)
             os.write(writer, b"\0" * 4096)
     except BlockingIOError:
         pass
+    silent_read, silent_write = os.pipe()
+    KEPT.extend([os.dup(request_fd), writer, silent_write])  # the full pipe stays open
+    os.dup2(silent_read, request_fd)
     return reference(weight, r, g, n, p)
+
+
+KEPT: list[int] = []
 
 
 def answers_another_request(weight: torch.Tensor, r: int, g: int, n: int, p: int) -> Outputs:
