@@ -1282,14 +1282,13 @@ def command(
             document = {"format": report_format, "target": target, "verdict": verdict}
             write_json(json_path, {**document, **(extra or {})})
 
-    if json_path:
-        try:
-            leave("incomplete")
-        except OSError as error:
-            print(f"eplb-spec gate: cannot write --json {json_path}: {error}", file=sys.stderr)
-            return EXIT_USAGE
     with interruptible(lambda: leave("interrupted"), "eplb-spec gate"):
         try:
+            try:
+                leave("incomplete")
+            except OSError as error:
+                print(f"eplb-spec gate: cannot write --json {json_path}: {error}", file=sys.stderr)
+                return EXIT_USAGE
             verdict, text, document = run()
             end_leftovers()  # nothing a target left behind may rewrite the report below
             if INTERRUPTED:  # an interruption swallowed by code the run called
