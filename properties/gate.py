@@ -952,6 +952,7 @@ def run_gate(
     previous: str | int | None = None,
     schedule: str | None = None,
     schedule_exchanges: bool | None = None,
+    timeouts_allowed: int | None = None,
 ) -> GateReport:
     """Check ``target`` and return the report.
 
@@ -968,7 +969,8 @@ def run_gate(
     positional argument); engine adapters that take one need none. ``schedule``: a
     transfer schedule target ``f(previous, phy2log, num_experts, num_gpus, num_nodes)``;
     ``schedule_exchanges`` False checks the stricter one-directed-peer rule (the
-    default for ``vllm:migration_scheduler``).
+    default for ``vllm:migration_scheduler``). ``timeouts_allowed``: after that many
+    hangs the target is no longer called (the evaluator's 1: a hang costs one timeout).
     """
     if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
         raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout_s!r}")
@@ -1004,6 +1006,7 @@ def run_gate(
         memory_mb=memory_mb,
         failures=failures,
         import_timeout_s=import_timeout_s,
+        timeouts_allowed=timeouts_allowed,
     ) as caller:
         run = GateRun(
             report,

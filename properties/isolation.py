@@ -300,6 +300,13 @@ def end_leftovers() -> None:
         end_processes(os.getpid(), None)
 
 
+def end_subtree() -> None:
+    """Kill every process below this one (an interrupted evaluator's pool or Dask
+    workers, their gates' workers and every process of their targets)."""
+    if sys.platform.startswith("linux"):
+        end_processes(os.getpid(), None)
+
+
 def write_until(fd: int, data: bytes, deadline: float) -> None:
     """All of ``data`` to the non-blocking ``fd``; TimeoutError past ``deadline``,
     BrokenPipeError when the reader is gone."""
@@ -458,6 +465,7 @@ class IsolatedTarget:
         memory_mb: int = DEFAULT_MEMORY_MB,
         failures: FailureCount | None = None,
         import_timeout_s: float | None = None,
+        timeouts_allowed: int | None = None,
     ) -> None:
         if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < float("inf")):
             raise ValueError(f"timeout must be a positive finite number, got {timeout_s!r}")
@@ -475,6 +483,8 @@ class IsolatedTarget:
             else float(import_timeout_s)
         )
         self.memory_mb = memory_mb
+        self.timeouts_allowed = timeouts_allowed
+        self.timeouts = 0
         self.shared_failures = failures if failures is not None else FailureCount()
         self.process: subprocess.Popen[bytes] | None = None
         self.started: int | None = None
@@ -598,7 +608,12 @@ class IsolatedTarget:
     def failed(self, kind: str, message: str) -> CallFailure:
         self.failures += 1
         self.shared_failures.count += 1
-        self.restart()
+        self.timeouts += kind == "timeout"
+        if self.timeouts_allowed is not None and self.timeouts >= self.timeouts_allowed:
+            self.discard_worker()
+            self.dead = f"not called again after {self.timeouts} hang(s): {message}"
+        else:
+            self.restart()
         return CallFailure(kind, message)
 
     def hand_over(self, arg: TensorArg, label: str) -> dict[str, Any]:
