@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -222,7 +222,7 @@ def send_signal(pid: int, started: int | None, sig: int) -> None:
         os.close(handle)
 
 
-def end_processes(root: int, root_started: int | None) -> None:
+def end_processes(root: int, root_started: int | None, spare: Set[int] = frozenset()) -> None:
     """Stop ``root`` (SIGSTOP), then stop every process of its tree until no new one
     appears (stopped processes cannot start more), then kill them all and reap those
     left to this process. Done whether ``root`` is still running or not."""
@@ -234,7 +234,7 @@ def end_processes(root: int, root_started: int | None) -> None:
     quiet = 0  # a fork-and-exit chain can hide between two scans: three quiet ones end it
     for _ in range(200):
         table = process_table()
-        fresh = descendants(root, table) - set(stopped)
+        fresh = descendants(root, table) - set(stopped) - spare
         if not fresh:
             quiet += 1
             if quiet == 3:
@@ -302,9 +302,13 @@ def end_leftovers() -> None:
 
 def end_subtree() -> None:
     """Kill every process below this one (an interrupted evaluator's pool or Dask
-    workers, their gates' workers and every process of their targets)."""
+    workers, their gates' workers and every process of their targets), but for
+    multiprocessing's resource tracker, which this process still talks to as it exits."""
     if sys.platform.startswith("linux"):
-        end_processes(os.getpid(), None)
+        from multiprocessing import resource_tracker
+
+        tracker = getattr(getattr(resource_tracker, "_resource_tracker", None), "_pid", None)
+        end_processes(os.getpid(), None, frozenset([tracker] if tracker else []))
 
 
 def write_until(fd: int, data: bytes, deadline: float) -> None:
