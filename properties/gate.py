@@ -232,7 +232,7 @@ class GateReport:
 
     def summary(self) -> str:
         lines = [f"eplb-spec gate: {printable(self.target)}: {self.verdict.upper()}"]
-        for key in ("call", "target_file", "budget"):
+        for key in ("call", "sandbox", "target_file", "budget"):
             if key in self.header:
                 lines.append(f"  {key.replace('_', ' ')}: {printable(str(self.header[key]))}")
         lines += [f"  note: {printable(n)}" for n in self.notes]
@@ -1074,6 +1074,7 @@ def gate_body(
             "target_sha256": file_digest(path) if path else "",
             "budget": f"{run.budget.name} {asdict(run.budget)}; Hypothesis derandomized",
             "call": describe_call(report.target, run.engine, run.timeout_s, run.memory_mb),
+            "sandbox": caller.sandbox_note,
             "sections": list(chosen),
         }
     )

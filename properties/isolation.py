@@ -24,6 +24,7 @@ import fcntl
 import mmap
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -452,6 +453,55 @@ def exit_description(process: subprocess.Popen[bytes]) -> str:
     return f"exited with status {code}"
 
 
+SANDBOX_COMMAND = (
+    "unshare",
+    "--user",
+    "--map-root-user",
+    "--pid",
+    "--fork",
+    "--kill-child",
+    "--mount",
+    "--mount-proc",
+    "--net",
+)
+"""The worker in new user, PID, mount and network namespaces (util-linux ``unshare``,
+unprivileged): it sees no process but its own tree, which dies with it; it has no
+network; and it holds no capability over this process, so it cannot reach its memory."""
+SANDBOX_PROBE: list[tuple[bool, str]] = []
+
+
+def sandbox_available() -> tuple[bool, str]:
+    """Whether this system lets an unprivileged process make the sandbox, and what the
+    report says about it (probed once per process)."""
+    if not SANDBOX_PROBE:
+        if not sys.platform.startswith("linux"):
+            SANDBOX_PROBE.append((False, "off: namespaces are Linux's"))
+        elif shutil.which("unshare") is None:
+            SANDBOX_PROBE.append((False, "off: util-linux unshare is not installed"))
+        else:
+            try:
+                probe = subprocess.run(
+                    [*SANDBOX_COMMAND, sys.executable, "-c", "import os; print(os.getpid())"],
+                    capture_output=True,
+                    timeout=30,
+                )
+                works = probe.returncode == 0 and probe.stdout.strip() == b"1"
+                why = probe.stderr.decode(errors="replace").strip()[:200]
+            except (OSError, subprocess.TimeoutExpired) as error:
+                works, why = False, str(error)[:200]
+            SANDBOX_PROBE.append(
+                (True, "on: user, PID, mount and network namespaces (unshare)")
+                if works
+                else (False, f"off: this system refuses unprivileged namespaces ({why})")
+            )
+    return SANDBOX_PROBE[0]
+
+
+def die_with_this_process() -> None:
+    """In the sandbox launcher, before it runs: killed when the gate dies."""
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 ARENA_LIMIT_BYTES = 256 << 20
 """A worker whose arguments fill more is replaced (after its arena is compared)."""
 COMPARE_ALL_BELOW_BYTES = 16 << 20
@@ -470,6 +520,7 @@ class IsolatedTarget:
         failures: FailureCount | None = None,
         import_timeout_s: float | None = None,
         timeouts_allowed: int | None = None,
+        sandbox: bool | None = None,
     ) -> None:
         if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < float("inf")):
             raise ValueError(f"timeout must be a positive finite number, got {timeout_s!r}")
@@ -488,6 +539,12 @@ class IsolatedTarget:
         )
         self.memory_mb = memory_mb
         self.timeouts_allowed = timeouts_allowed
+        available, self.sandbox_note = sandbox_available()
+        if sandbox and not available:
+            raise ValueError(f"the sandbox was asked for, but it is {self.sandbox_note}")
+        self.sandboxed = available if sandbox is None else sandbox
+        if sandbox is False:
+            self.sandbox_note = "off: not asked for"
         self.timeouts = 0
         self.shared_failures = failures if failures is not None else FailureCount()
         self.process: subprocess.Popen[bytes] | None = None
@@ -526,17 +583,18 @@ class IsolatedTarget:
             str(reply_write),
             str(self.arena.fd),
             str(self.memory_mb),
-            str(os.getpid()),
+            "0" if self.sandboxed else str(os.getpid()),  # no parent id seen inside
         ]
         try:
             self.process = subprocess.Popen(
-                command,
+                [*SANDBOX_COMMAND, *command] if self.sandboxed else command,
                 stdin=subprocess.DEVNULL,
                 stdout=output_write,
                 stderr=output_write,
                 pass_fds=(request_read, reply_write, self.arena.fd),
                 start_new_session=True,
                 cwd=os.getcwd(),
+                preexec_fn=die_with_this_process if self.sandboxed else None,
             )
         finally:
             for fd in (request_read, reply_write, output_write):

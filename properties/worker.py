@@ -121,7 +121,8 @@ def drop_capabilities(libc: ctypes.CDLL) -> None:
 
 
 def confine(memory_mb: int, parent: int) -> None:
-    """Limits set before any target code runs (``parent``: the gate's process id)."""
+    """Limits set before any target code runs (``parent``: the gate's process id; 0 in
+    the sandbox, where the gate is outside the worker's PID namespace)."""
     import resource
 
     limit = memory_mb << 20
@@ -132,7 +133,7 @@ def confine(memory_mb: int, parent: int) -> None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the gate
         drop_capabilities(libc)
-        if os.getppid() != parent:  # the gate was gone before the line above
+        if parent and os.getppid() != parent:  # the gate was gone before the line above
             os._exit(1)
 
 
