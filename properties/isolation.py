@@ -474,7 +474,9 @@ def sandbox_available() -> tuple[bool, str]:
     """Whether this system lets an unprivileged process make the sandbox, and what the
     report says about it (probed once per process)."""
     if not SANDBOX_PROBE:
-        if not sys.platform.startswith("linux"):
+        if os.environ.get("EPLB_SANDBOX") == "0":
+            SANDBOX_PROBE.append((False, "off: turned off by EPLB_SANDBOX=0"))
+        elif not sys.platform.startswith("linux"):
             SANDBOX_PROBE.append((False, "off: namespaces are Linux's"))
         elif shutil.which("unshare") is None:
             SANDBOX_PROBE.append((False, "off: util-linux unshare is not installed"))

@@ -11,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from properties import isolation
 from properties.gate import GateReport, run_gate
 
 ROUND2 = str(Path(__file__).parent / "targets" / "hostile_round2.py")
@@ -114,3 +116,27 @@ def test_a_target_that_starts_threads_passes_under_the_memory_limit() -> None:
     report = run_gate(f"{ROUND2}:thread_per_call", quick=True, checks=CONTRACT_ONLY)
     assert report.verdict == "pass", report.summary()
     assert "RLIMIT_DATA" in report.header["call"]
+
+
+@pytest.mark.parametrize("sandbox", [True, False])
+def test_the_sandbox_hides_processes_and_the_network(tmp_path: Path, sandbox: bool) -> None:
+    available, why = isolation.sandbox_available()
+    if sandbox and not available:
+        pytest.skip(f"the sandbox is {why}")
+    evidence = tmp_path / "evidence"
+    os.environ["EPLB_HOSTILE_EVIDENCE"] = str(evidence)
+    try:
+        with isolation.IsolatedTarget(
+            f"{ROUND2}:probes_the_sandbox", 60, sandbox=sandbox
+        ) as target:
+            outcome = target.call(isolation.TensorArg(np.ones((1, 4))), 4, 1, 1, 1)
+    finally:
+        del os.environ["EPLB_HOSTILE_EVIDENCE"]
+    assert isinstance(outcome, isolation.CallResult), outcome
+    seen = json.loads(evidence.read_text())
+    if sandbox:
+        assert seen["processes"] <= 3, seen  # its own tree only
+        assert seen["network"] == "ENETUNREACH", seen
+    else:
+        assert seen["processes"] > 3, seen
+        assert seen["network"] != "ENETUNREACH", seen

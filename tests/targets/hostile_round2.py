@@ -103,7 +103,7 @@ class LyingTensor(torch.Tensor):
 
     claimed: torch.Tensor
 
-    def detach(self) -> torch.Tensor:  # type: ignore[override]
+    def detach(self) -> torch.Tensor:
         return self.claimed
 
     def numpy(self, *, force: bool = False) -> np.ndarray:
@@ -215,10 +215,29 @@ def wide_phy2log(weight: torch.Tensor, r: int, g: int, n: int, p: int) -> np.nda
 def thread_per_call(weight: torch.Tensor, r: int, g: int, n: int, p: int) -> Outputs:
     """Valid; computes in a fresh thread each call, which lingers for a second after."""
     result: list[Outputs] = []
-    worker = threading.Thread(
-        target=lambda: (result.append(reference(weight, r, g, n, p)), time.sleep(1))
-    )
+
+    def compute() -> None:
+        result.append(reference(weight, r, g, n, p))
+        time.sleep(1)
+
+    worker = threading.Thread(target=compute)
     worker.start()
     while not result:
         time.sleep(0.0005)
     return result[0]
+
+
+def probes_the_sandbox(weight: torch.Tensor, r: int, g: int, n: int, p: int) -> Outputs:
+    """Records how many processes it can see and whether it can reach the network."""
+    import errno
+    import socket
+
+    seen: dict[str, Any] = {"processes": sum(e.isdigit() for e in os.listdir("/proc"))}
+    try:
+        socket.create_connection(("127.0.0.1", 9), timeout=2).close()
+        seen["network"] = "reached"
+    except OSError as error:
+        seen["network"] = errno.errorcode.get(error.errno or 0, str(error))
+    if EVIDENCE:
+        Path(EVIDENCE).write_text(json.dumps(seen))
+    return reference(weight, r, g, n, p)
