@@ -1,19 +1,26 @@
 """Call a third-party function in a process of its own, and trust nothing it sends back.
 
 The target runs in ``properties.worker``, started as a fresh interpreter in a session of
-its own, with an address-space limit and no core dumps. This side, where every check and
-the verdict are computed, never runs the target's code and never unpickles its data:
+its own, with a data-segment limit, no capabilities and no core dumps, and, where the
+system allows it, in new user, PID, mount and network namespaces (``SANDBOX_COMMAND``).
+This side, where every check and the verdict are computed, never runs the target's code
+and never unpickles its data:
 
-- results cross as plain data (``properties.wire``): numbers, strings, lists and NumPy
-  arrays of numeric dtypes; anything else arrives as a marker naming its type, and a
-  message that cannot be decoded is a failure of the call (``undecodable``);
-- a weight tensor is a view of a file this side wrote; after the call this side reads
-  the file back, so whether the target modified its input is decided here;
+- this process is not dumpable and is the child subreaper (``protect_gate_process``);
+- results cross as plain data (``properties.wire``), every request carries an id that
+  its answer must repeat, every write and read has the call's deadline, and an answer
+  larger than the call's sizes allow (``reply_limits``) is refused unread; a message
+  that cannot be decoded is a failure of the call (``undecodable``);
+- tensors are handed over in a memory file held here by descriptor only (``Arena``);
+  after each answer, and once the worker is ended, it is compared with what was
+  written, so whether the target modified its input is decided here;
 - every call has a deadline; a hang, a crash, an undecodable answer or a worker that
   cannot be restarted is a ``CallFailure``, and the worker is replaced;
 - the worker's stdout and stderr are drained into a bounded buffer, never echoed;
-- the worker and every process it started (found through ``/proc``) are ended when it
-  is replaced and when the target is closed.
+- the worker is stopped, then it and every process it started (its tree, its session
+  and what was left to this subreaper) are stopped and killed through pidfds when it is
+  replaced and when the target is closed, whether it is still running or not;
+- ``interruptible`` makes SIGINT, SIGTERM and SIGHUP end a run within seconds.
 """
 
 from __future__ import annotations
