@@ -94,6 +94,7 @@ class SolverSettings:
         solver.parameters.max_time_in_seconds = max(seconds, 1e-3)
         solver.parameters.relative_gap_limit = 0.0
         solver.parameters.absolute_gap_limit = 0.0
+        solver.parameters.catch_sigint_signal = False  # Ctrl-C ends the caller's run
         return solver
 
     def describe(self) -> dict[str, Any]:

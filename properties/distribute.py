@@ -197,7 +197,13 @@ class DaskCluster:
             )
             self.client = Client(self.cluster)
         else:
-            self.client = Client(address)
+            try:
+                self.client = Client(address, timeout="10s")
+            except (OSError, TimeoutError) as error:
+                raise ValueError(
+                    f"--scheduler {address}: no Dask scheduler answers there "
+                    f"({type(error).__name__}: {str(error)[:200]})"
+                ) from None
         self.description = f"Dask cluster at {self.client.scheduler_info()['address']}"
 
     def executor(self) -> Executor:
@@ -256,7 +262,13 @@ class RayCluster:
         if self.started and address == "local":
             ray.init(include_dashboard=False, log_to_driver=False)
         elif self.started:
-            ray.init(address=address, log_to_driver=False)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, OSError) as error:
+                raise ValueError(
+                    f"--ray {address}: no Ray cluster to join ({str(error)[:200]}); "
+                    "start one (ray start --head) or pass --ray local"
+                ) from None
         self.description = f"Ray cluster ({address})"
 
     def executor(self) -> Executor:
@@ -370,14 +382,14 @@ def run_jobs(
                 executor = backend.executor()
         finished = True
     finally:
+        if not finished:  # interrupted, or the caller stopped early: end the workers
+            backend.terminate()  # first, while the executor still knows its processes
         for future in in_flight:
             future.cancel()
         try:
             executor.shutdown(wait=False, cancel_futures=True)
         except TypeError:  # an executor without cancel_futures (Dask's)
             executor.shutdown(wait=False)
-        if not finished:  # interrupted, or the caller stopped early
-            backend.terminate()
 
 
 __all__ = [

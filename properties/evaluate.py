@@ -56,7 +56,13 @@ from properties.gate import (
     run_gate,
     signals_end_the_run,
 )
-from properties.isolation import DEFAULT_MEMORY_MB, IsolatedTarget, TargetError
+from properties.isolation import (
+    DEFAULT_MEMORY_MB,
+    IsolatedTarget,
+    TargetError,
+    end_subtree,
+    protect_gate_process,
+)
 from properties.suite import Finding, call_ok
 from properties.workloads import TRACE_CLUSTER, default_workloads
 from spec.problem import BalancingProblem
@@ -509,6 +515,7 @@ def evaluate_copy(
             memory_mb=settings.memory_mb,
             data=settings.data,
             after_checks=after_checks,
+            timeouts_allowed=1,  # a hang costs one timeout, not three and restarts
         )
     except TargetError as error:
         metrics, feedback = unimportable(error, function)
@@ -797,6 +804,21 @@ class LineWriter:
 EXIT_DONE, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
+def check_out(out: str) -> None:
+    """``--out`` names a file this process can append to (a folder, a path under a file
+    or under /proc is refused in one line)."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"--out {out}: is a folder, not a file")
+    if path.resolve().is_relative_to("/proc"):
+        raise ValueError(f"--out {out}: is under /proc, not a file for results")
+    try:
+        with path.open("a"):
+            pass
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot be written ({error.strerror})") from None
+
+
 def single_program(specs: Sequence[str]) -> bool:
     return len(specs) == 1 and Path(split_spec(specs[0], DEFAULT_FUNCTION)[0]).is_file()
 
@@ -835,6 +857,8 @@ def evaluate_main(
             return EXIT_INTERRUPTED
         print(json.dumps(result, indent=2))
         return EXIT_DONE
+    if out is not None:
+        check_out(out)
     skip = finished_keys(out) if out is not None else set()
     backend = choose_backend(workers, scheduler, ray)
     writer = LineWriter(out)
@@ -842,9 +866,11 @@ def evaluate_main(
     def progress(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    try:
-        progress(f"eplb-spec evaluate: {len(candidates)} program(s) on {backend.description}")
-        with signals_end_the_run():  # SIGTERM, SIGHUP: the workers are ended too
+    protect_gate_process()  # what a worker's targets leave behind comes back here
+    interrupted = False
+    with signals_end_the_run():  # SIGINT, SIGTERM, SIGHUP: every process below is ended
+        try:
+            progress(f"eplb-spec evaluate: {len(candidates)} program(s) on {backend.description}")
             summary = evaluate_many(
                 candidates,
                 settings,
@@ -854,14 +880,17 @@ def evaluate_main(
                 max_attempts=max_attempts,
                 progress=progress,
             )
-    except KeyboardInterrupt:
+        except KeyboardInterrupt:
+            interrupted = True
+            end_subtree()  # pool or Dask workers, their gates' workers and every target
+        finally:
+            writer.close()
+            backend.close()
+    if interrupted:
         progress(
             "eplb-spec evaluate: interrupted; the lines written stand, rerun with --out to resume"
         )
         return EXIT_INTERRUPTED
-    finally:
-        writer.close()
-        backend.close()
     progress(
         f"eplb-spec evaluate: {summary.evaluated} evaluated, {summary.skipped} already in "
         f"{out}, {summary.not_evaluated} not evaluated, {summary.errors} internal errors, "

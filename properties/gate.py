@@ -15,25 +15,22 @@ Usable from the command line (``eplb-spec gate``) and from any project's pytest:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import platform
 import re
-import signal
 import statistics
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -48,12 +45,16 @@ from properties.engines import EngineAdapter, find_engine
 from properties.fidelity import FidelityRun
 from properties.isolation import (
     DEFAULT_MEMORY_MB,
+    INTERRUPTED,
     CallFailure,
     CallResult,
     FailureCount,
     IsolatedTarget,
     TargetError,
     TensorArg,
+    end_every_worker,
+    end_leftovers,
+    interruptible,
 )
 from properties.quality import (
     ProvenGap,
@@ -260,7 +261,7 @@ class GateReport:
     def summary(self) -> str:
         checked = self.header.get("checked") or [self.target]
         lines = [f"eplb-spec gate: {printable(', '.join(checked))}: {self.verdict.upper()}"]
-        about_target = ("call", "target_file") if self.target in checked else ()
+        about_target = ("call", "sandbox", "target_file") if self.target in checked else ()
         for key in (*about_target, "budget"):
             if key in self.header:
                 lines.append(f"  {key.replace('_', ' ')}: {printable(str(self.header[key]))}")
@@ -1042,9 +1043,15 @@ def schedule_rule(schedule: str, exchanges: bool | None) -> bool:
 def describe_call(
     target: str, engine: EngineAdapter | None, timeout_s: float, memory_mb: int
 ) -> str:
-    isolation = f"in its own process, {timeout_s:g} s per call, {memory_mb} MB address space"
+    isolation = (
+        f"in its own process, {timeout_s:g} s per call, {memory_mb} MB of data "
+        "(RLIMIT_DATA), no capabilities"
+    )
     if engine is not None:
         return f"{engine.description} ({isolation})"
+    location = target.rpartition(":")[0]
+    if location.endswith(".py") or "/" in location:  # as `python path/to/file.py` runs
+        isolation += f"; {str(Path(location).parent) or '.'} first on sys.path"
     return (
         f"{target}(weight, num_replicas, num_groups, num_nodes, num_gpus), weight a "
         f"torch.Tensor [layers, experts] (float64; int64, float32 and non-contiguous in "
@@ -1118,6 +1125,7 @@ def run_gate(
     started: float | None = None,
     eps: float | None = None,
     max_transfers: int | None = None,
+    timeouts_allowed: int | None = None,
 ) -> GateReport:
     """Check ``target`` and return the report.
 
@@ -1136,9 +1144,10 @@ def run_gate(
     ``schedule_exchanges`` False checks the stricter one-directed-peer rule (the
     default for ``vllm:migration_scheduler``). ``started``: the ``time.perf_counter()``
     the report's time counts from (the command line's start; default: this call's).
-    ``eps`` or ``max_transfers`` make the
-    rebalance section check a budgeted rebalance (``properties.rebalance.
-    check_budgeted_case``) instead of one that keeps its stateless balance.
+    ``eps`` or ``max_transfers`` make the rebalance section check a budgeted rebalance
+    (``properties.rebalance.check_budgeted_case``) instead of one that keeps its
+    stateless balance. ``timeouts_allowed``: after that many hangs the target is no
+    longer called (the evaluator's 1: a hang costs one timeout).
     """
     if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
         raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout_s!r}")
@@ -1182,6 +1191,7 @@ def run_gate(
         memory_mb=memory_mb,
         failures=failures,
         import_timeout_s=import_timeout_s,
+        timeouts_allowed=timeouts_allowed,
     ) as caller:
         run = GateRun(
             report,
@@ -1214,6 +1224,9 @@ def run_gate(
                     f"the target wrote {written} bytes to stdout/stderr (kept in the JSON "
                     "report, not shown here)"
                 )
+    for label in caller.late_changes:  # compared again once its worker was ended
+        message = f"{label} was changed after the target had answered it"
+        report.record(Finding("input-unmodified", message), None)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -1247,6 +1260,7 @@ def gate_body(
             "target_sha256": file_digest(path) if path else "",
             "budget": f"{run.budget.name} {asdict(run.budget)}; Hypothesis derandomized",
             "call": describe_call(report.target, run.engine, run.timeout_s, run.memory_mb),
+            "sandbox": caller.sandbox_note,
             "sections": list(chosen),
         }
     )
@@ -1423,22 +1437,9 @@ def write_json(path: str, document: dict[str, Any]) -> None:
     os.replace(temporary, target)
 
 
-@contextlib.contextmanager
-def signals_end_the_run() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the run like Ctrl-C: no verdict, workers cleaned up."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        with contextlib.suppress(ValueError):  # not the main thread
-            previous[sig] = signal.signal(sig, stop)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+signals_end_the_run = interruptible
+"""SIGINT, SIGTERM and SIGHUP end the run: no verdict, workers and their trees ended
+(``properties.isolation.interruptible``)."""
 
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -1519,36 +1520,43 @@ def command(
     behind), a usage fault is one line and exit 2, a fault of the gate exit 3 asking for
     a bug report, an interruption exit 130. ``run`` returns the verdict, the text to print
     and the JSON report."""
-    if json_path:
-        try:
-            write_json(
-                json_path, {"format": report_format, "target": target, "verdict": "incomplete"}
-            )
-        except OSError as error:
-            print(f"eplb-spec gate: cannot write --json {json_path}: {error}", file=sys.stderr)
-            return EXIT_USAGE
-    try:
-        with signals_end_the_run():
-            verdict, text, document = run()
-    except TargetError as error:
-        print(f"eplb-spec gate: cannot use target: {printable(str(error))}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as error:
-        print(f"eplb-spec gate: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except InternalError as error:
-        print(f"eplb-spec gate: INTERNAL ERROR ({BUG_REPORT}):\n{error}", file=sys.stderr)
+
+    def leave(verdict: str, extra: dict[str, Any] | None = None) -> None:
         if json_path:
-            document = {"format": report_format, "target": target, "verdict": "error"}
-            write_json(json_path, {**document, "error": str(error)})
-        return EXIT_INTERNAL
-    except KeyboardInterrupt as interrupt:
-        print(f"eplb-spec gate: interrupted ({interrupt}); no verdict", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(text)
-    if json_path:
-        write_json(json_path, document)
-    return EXIT_PASS if verdict == "pass" else EXIT_FAIL
+            document = {"format": report_format, "target": target, "verdict": verdict}
+            write_json(json_path, {**document, **(extra or {})})
+
+    with interruptible(lambda: leave("interrupted"), "eplb-spec gate"):
+        try:
+            try:
+                leave("incomplete")
+            except OSError as error:
+                print(f"eplb-spec gate: cannot write --json {json_path}: {error}", file=sys.stderr)
+                return EXIT_USAGE
+            verdict, text, document = run()
+            end_leftovers()  # nothing a target left behind may rewrite the report below
+            if INTERRUPTED:  # an interruption swallowed by code the run called
+                raise KeyboardInterrupt(INTERRUPTED[0])
+            print(text)
+            if json_path:
+                write_json(json_path, document)
+            return EXIT_PASS if verdict == "pass" else EXIT_FAIL
+        except TargetError as error:
+            print(f"eplb-spec gate: cannot use target: {printable(str(error))}", file=sys.stderr)
+            return EXIT_USAGE
+        except ValueError as error:
+            print(f"eplb-spec gate: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        except InternalError as error:
+            print(f"eplb-spec gate: INTERNAL ERROR ({BUG_REPORT}):\n{error}", file=sys.stderr)
+            end_leftovers()
+            leave("error", {"error": str(error)})
+            return EXIT_INTERNAL
+        except KeyboardInterrupt as interrupt:
+            end_every_worker()
+            leave("interrupted", {"signal": str(interrupt)})
+            print(f"eplb-spec gate: interrupted ({interrupt}); no verdict", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
 
 def same_as_main(

@@ -111,6 +111,13 @@ def read_outputs(result: CallResult, problem: BalancingProblem) -> Outputs:
     if isinstance(value, (tuple, list)) and len(value) == 1:
         value = value[0]
     if isinstance(value, np.ndarray) and value.ndim == 2 and value.dtype.kind in "iu":
+        wanted = (problem.num_layers, problem.num_replicas)
+        if value.shape != wanted:  # before any work derived from it
+            raise Finding(
+                "contract",
+                f"[shape] phy2log has shape {list(value.shape)}, expected {list(wanted)}",
+                "shape",
+            )
         log2phy, logcnt = placement_from_phy2log(value.astype(np.int64), problem.num_experts)
         return Outputs(
             value, log2phy, logcnt, "log2phy and logcnt derived from phy2log", result.returned

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,12 +55,57 @@ def type_name(value: object) -> str:
     return kind.__name__ if module == "builtins" else f"{module}.{kind.__name__}"
 
 
+NDARRAY = np.ndarray
+NDARRAY_VIEW = np.ndarray.view
+IS_SUBCLASS = type.__subclasscheck__
+
+
+class TensorReader:
+    """Reads a torch tensor's own values with torch's C functions, bound before any
+    target code runs: a subclass's Python methods (``detach``, ``numpy``...) and its
+    ``__torch_function__`` are never called, so what it says it holds cannot replace
+    what it holds."""
+
+    def __init__(self, torch: Any) -> None:
+        base = torch._C.TensorBase
+        self.tensor_type = torch.Tensor
+        self.disable = torch._C.DisableTorchFunction
+        self.as_subclass = base.as_subclass
+        self.detach = base.detach
+        self.cpu = base.cpu
+        self.resolve_conj = base.resolve_conj
+        self.resolve_neg = base.resolve_neg
+        self.numpy = base.numpy
+
+    def owns(self, kind: type) -> bool:
+        return bool(IS_SUBCLASS(self.tensor_type, kind))
+
+    def read(self, value: Any) -> np.ndarray:
+        with self.disable():
+            plain = self.as_subclass(value, self.tensor_type)
+            plain = self.resolve_neg(self.resolve_conj(self.cpu(self.detach(plain))))
+            return np.array(self.numpy(plain), copy=True)
+
+
+TENSORS: list[TensorReader] = []
+
+
+def bind_torch(torch: Any) -> None:
+    """Read torch tensors from now on (the worker calls this before importing a target)."""
+    TENSORS[:] = [TensorReader(torch)]
+
+
 def as_array(value: Any) -> np.ndarray | None:
-    """A NumPy array for a tensor or array, without importing torch; None otherwise."""
-    if isinstance(value, np.ndarray):
-        return value
-    if type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach"):
-        return np.asarray(value.detach().cpu().numpy())
+    """A NumPy array of a value's own contents when it is an array or a tensor (decided
+    from its type's real ancestry, never from what it says its module is); None
+    otherwise. Raises TypeError for a tensor NumPy cannot hold (bfloat16, say)."""
+    kind = type(value)
+    if IS_SUBCLASS(NDARRAY, kind):
+        return NDARRAY_VIEW(value, NDARRAY)
+    if not TENSORS and "torch" in sys.modules:  # in-process use; the worker binds first
+        bind_torch(sys.modules["torch"])
+    if TENSORS and TENSORS[0].owns(kind):
+        return TENSORS[0].read(value)
     return None
 
 
@@ -80,7 +126,10 @@ def encode(value: Any) -> bytes:
             return item if math.isfinite(item) else {"__float__": repr(item)}
         if isinstance(item, (np.integer, np.floating, np.bool_)):
             return convert(item.item(), depth)
-        array = as_array(item)
+        try:
+            array = as_array(item)
+        except TypeError as error:
+            return {"__unsupported__": f"tensor that NumPy cannot hold ({error})"[:200]}
         if array is not None:
             array = np.ascontiguousarray(array)
             dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
@@ -107,13 +156,26 @@ def encode(value: Any) -> bytes:
     return HEADER.pack(total, len(header)) + header + body
 
 
-def decode_frame(frame: bytes) -> Any:
-    """The value of a complete frame (without its first 8 length bytes checked again)."""
+def decode_frame(frame: bytes, header_limit: int = MAX_FRAME_BYTES) -> Any:
+    """The value of a complete frame (without its first 8 length bytes checked again);
+    a JSON header longer than ``header_limit`` bytes, and running out of memory while
+    decoding, are WireErrors."""
+    try:
+        return decode_checked(frame, header_limit)
+    except MemoryError:
+        raise WireError("decoding the answer ran out of memory") from None
+
+
+def decode_checked(frame: bytes, header_limit: int) -> Any:
     if len(frame) < HEADER.size:
         raise WireError("truncated frame")
     total, header_length = HEADER.unpack_from(frame)
     if total != len(frame) or header_length > total - HEADER.size:
         raise WireError("inconsistent frame lengths")
+    if header_length > header_limit:
+        raise WireError(
+            f"a header of {header_length} bytes is larger than the problem allows ({header_limit})"
+        )
     body = memoryview(frame)[HEADER.size + header_length :]
     try:
         tree = json.loads(frame[HEADER.size : HEADER.size + header_length].decode())

@@ -235,10 +235,16 @@ def placement_from_phy2log(
     width = max(1, replicas - num_experts + 1)
     logcnt = np.zeros((layers, num_experts), dtype=np.int64)
     log2phy = np.full((layers, num_experts, width), -1, dtype=np.int64)
-    for layer in range(layers):
-        for slot, expert in enumerate(phy2log[layer].tolist()):
-            if 0 <= expert < num_experts:
-                if logcnt[layer, expert] < width:
-                    log2phy[layer, expert, logcnt[layer, expert]] = slot
-                logcnt[layer, expert] += 1
+    layer, slot = np.nonzero((phy2log >= 0) & (phy2log < num_experts))
+    expert = phy2log[layer, slot]
+    np.add.at(logcnt, (layer, expert), 1)
+    # Rank of each replica among its expert's in ascending slot order (nonzero's order).
+    key = layer * num_experts + expert
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    starts = np.searchsorted(sorted_key, sorted_key, side="left")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size) - starts
+    listed = rank < width
+    log2phy[layer[listed], expert[listed], rank[listed]] = slot[listed]
     return log2phy, logcnt

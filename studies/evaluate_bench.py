@@ -3,7 +3,8 @@
 ``eplb-spec evaluate-bench`` (``nox -s bench-evaluate``) scores the same set of valid
 candidates (the reference, each copy with other bytes so that none is deduplicated) with
 the default settings (``--quick`` budget, speed measured) on each backend: a local pool
-of 1 and 2 workers and a Dask ``LocalCluster`` of 2 worker processes. It then evaluates
+of 1 and 2 workers and a Dask ``LocalCluster`` of 2 worker processes; then, on the first
+backend, a batch where one program in ten never answers. It then evaluates
 one candidate twice in this process with every call to the candidate counted, to split
 its time into start-up, isolation, trace loading, the candidate's own calls and the
 checking around them. Nothing here is asserted; the tests check correctness.
@@ -40,6 +41,8 @@ from properties.workloads import TRACE_CLUSTER, default_workloads
 from spec.problem import BalancingProblem
 
 CANDIDATE = "from impl import rebalance_experts as rebalance_experts\n"
+HANGING = "import time\n\n\ndef rebalance_experts(*args):\n    time.sleep(10**6)\n"
+"""A program that never answers: one in ten of the mixed run (a search loop's share)."""
 
 
 @dataclass
@@ -77,11 +80,14 @@ class Figures:
     memory_mb: dict[str, float] = field(default_factory=dict)
 
 
-def write_candidates(folder: Path, count: int) -> list[str]:
+def write_candidates(folder: Path, count: int, hanging_every: int = 0) -> list[str]:
+    """``count`` candidates; with ``hanging_every`` N, every N-th one hangs."""
+    folder.mkdir(exist_ok=True)
     paths = []
     for index in range(count):
-        path = folder / f"candidate_{index:03d}.py"
-        path.write_text(CANDIDATE + f"# variant {index}\n")
+        hangs = hanging_every > 0 and index % hanging_every == hanging_every - 1
+        path = folder / f"{'hanging' if hangs else 'candidate'}_{index:03d}.py"
+        path.write_text((HANGING if hangs else CANDIDATE) + f"# variant {index}\n")
         paths.append(str(path))
     return paths
 
@@ -93,7 +99,9 @@ def open_backend(spec: str) -> Backend:
     return LocalPool(int(count)) if kind == "pool" else DaskCluster(f"local:{count}")
 
 
-def time_backend(spec: str, paths: list[str], settings: Settings) -> BackendRun:
+def time_backend(
+    spec: str, paths: list[str], settings: Settings, label: str | None = None
+) -> BackendRun:
     start = time.perf_counter()
     backend = open_backend(spec)
     lines: list[dict[str, Any]] = []
@@ -109,11 +117,15 @@ def time_backend(spec: str, paths: list[str], settings: Settings) -> BackendRun:
     finally:
         backend.close()
     seconds = time.perf_counter() - start
-    bad = [x for x in lines if x.get("verdict") != "pass"]
+    bad = [
+        x
+        for x in lines
+        if x.get("verdict") != "pass" and not Path(str(x.get("program"))).name.startswith("hang")
+    ]
     if bad:
         raise RuntimeError(f"a benchmark candidate did not pass: {bad[0]}")
     return BackendRun(
-        spec,
+        label or spec,
         len(lines),
         seconds,
         first[0],
@@ -247,6 +259,15 @@ def run_evaluate_benchmark(
                     f"first line after {run.first_line_s:5.1f} s  "
                     f"{run.evaluation_s_mean:5.1f} s per evaluation inside the worker"
                 )
+        mixed = write_candidates(Path(folder) / "mixed", max(candidates, 10), 10)
+        label = f"{specs[0]}, 10 % hanging"
+        run = time_backend(specs[0], mixed, settings, label)
+        figures.runs.append(run)
+        print(
+            f"  {label}: {run.seconds:7.1f} s  {run.per_hour:7.0f} candidates/hour "
+            f"({len(mixed)} candidates, one in ten never answers; {settings.timeout_s:g} s "
+            "per call: a hang costs one timeout)"
+        )
         figures.fixed_costs_s = fixed_costs(None)
         for label in ("cold (first in this process)", "warm (bounds and fast path kept)"):
             figures.breakdown.append(break_down(paths[0], label))
