@@ -88,6 +88,11 @@ def test_each_budgeted_code_is_found_and_a_good_answer_passes() -> None:
     found = check_budgeted_rebalance(problem, old, relabeled, max_transfers=int(needed.min()) - 1)
     assert {v.code for v in found} == {MigrationCode.TRANSFERS_ABOVE_BUDGET}
     assert [v.layer for v in found] == [0, 1]
+    # peak-above-previous: from the balanced placement back to the skewed one, which is
+    # more peaked than keeping the balanced one (no transfer at all).
+    back = check_budgeted_rebalance(problem, relabeled, old, not_above_previous=True)
+    assert {v.code for v in back} == {MigrationCode.PEAK_ABOVE_PREVIOUS}
+    assert check_budgeted_rebalance(problem, old, relabeled, not_above_previous=True) == []
     # transfers-above-reference: the stateless answer not relabeled needs more.
     stateless = balance(problem).phy2log
     fewer = np.minimum(needed, transfers(problem, old, stateless) - 1)
