@@ -64,7 +64,7 @@ REJECTED_BY_CONTRACT = {
     f"{HOSTILE}:pickled_payload": "contract/returned-value",
     f"{HOSTILE}:patches_then_mutates": "input-unmodified",
     f"{HOSTILE}:nested_too_deep": "undecodable-result",
-    f"{HOSTILE}:explodes_when_read": "undecodable-result",
+    f"{HOSTILE}:explodes_when_read": "contract/dtype",  # only claims to be a tensor
     f"{HOSTILE}:garbage_on_the_wire": "undecodable-result",
     f"{HOSTILE}:raises_a_spoof": "raises-on-valid-input/ValueError",
     f"{HOSTILE}:leaks_memory": "raises-on-valid-input/MemoryError",
