@@ -336,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
         '(default 10, bounds the whole solve) and "seed" (default 0).',
     )
     solve.add_argument("file", help="instance JSON file")
+    solve.add_argument(
+        "--out",
+        metavar="FILE",
+        help="also write the answer there: for a layer instance the placement behind the "
+        "objective (phy2log, log2phy, logcnt for one layer) and whether it is proven "
+        "optimal; JSON, or NumPy arrays when FILE ends in .npz",
+    )
     solve.set_defaults(handler=run_solve)
 
     migration = commands.add_parser(
@@ -509,10 +516,14 @@ def run_balancer_vectors(args: argparse.Namespace) -> int:
 
 
 def run_solve(args: argparse.Namespace) -> int:
-    from oracle.instances import read_instance, solve_instance
+    from oracle.instances import read_instance, solve_instance_answer, write_solution
 
-    result = solve_instance(read_instance(args.file))
+    document = read_instance(args.file)
+    result, answer = solve_instance_answer(document)
     print(json.dumps(result.to_json(), indent=2))
+    if args.out:
+        write_solution(args.out, document, result, answer)
+        print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 
