@@ -199,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="cluster shapes (replicas,groups,nodes,gpus) of the certification sweep "
         "(default: " + ",".join(map(str, TRACE_CLUSTER)) + ")",
     )
+    oracle_bench.add_argument(
+        "--sweep-only",
+        action="store_true",
+        help="only the certification sweep of the traces (no solver timings)",
+    )
     add_backend_options(oracle_bench, default_workers=1)
     oracle_bench.set_defaults(handler=run_oracle_bench)
 
@@ -394,7 +399,9 @@ def run_oracle_bench(args: argparse.Namespace) -> int:
     local = args.scheduler is None and args.ray is None and args.workers in (None, 1)
     backend = Inline() if local else choose_backend(args.workers, args.scheduler, args.ray)
     try:
-        return run_oracle_benchmark(args.data, args.quick, args.json, clusters, backend)
+        return run_oracle_benchmark(
+            args.data, args.quick, args.json, clusters, backend, sweep_only=args.sweep_only
+        )
     finally:
         backend.close()
 

@@ -458,6 +458,7 @@ def certify_layer_slots(
     exact = layer_weights(problem, layer, weights)
     everywhere = cluster_lower_bound(problem, exact)
     upper: Fraction | None = None
+    hint_node_peaks: list[Fraction] = []
     best_phy2log: tuple[int, ...] | None = None
     best_split: tuple[tuple[int, ...], ...] = ()
     if hint is not None:
@@ -468,6 +469,7 @@ def certify_layer_slots(
             best_split = tuple(node_blocks_of(problem, row))
         else:
             best_split = ((0,),)
+        hint_node_peaks = node_peaks(problem, row, exact)
     if problem.policy is Policy.GLOBAL:
         splits: list[tuple[tuple[int, ...], ...]] = [((0,),)]
     elif split_count(problem) > MAX_SPLITS:
@@ -488,19 +490,32 @@ def certify_layer_slots(
                 bounds[block] = NodeBound(
                     joint_lower_bound(node_weights(block), slots, gpus), "analytical", 0
                 )
+    # A block's bound can rise at most to its optimum: at most its node's peak in the
+    # hint, or the layer's best peak.
+    hinted = {} if best_phy2log is None else dict(zip(best_split, hint_node_peaks, strict=True))
+
+    def potential(block: tuple[int, ...]) -> Fraction | None:
+        return hinted.get(block, upper)
+
+    def could_rise(block: tuple[int, ...], value: Fraction) -> bool:
+        top = potential(block)
+        return top is None or top > value
+
     lowest = everywhere
     decided: tuple[tuple[int, ...], ...] | None = None
     while splits:
         decided = min(splits, key=lambda s: max(bounds[b].bound for b in s))
         value = max(bounds[b].bound for b in decided)
         lowest = max(everywhere, value)
-        weak = [b for b in decided if bounds[b].bound == value and b not in strong]
+        # Blocks whose bound could still raise this split's maximum, most promising first.
+        weak = [b for b in decided if b not in strong and could_rise(b, value)]
         if not weak:
             break
         if deadline.expired():
             stopped = "time limit reached"
             break
-        for block in weak:
+        weak.sort(key=lambda b: (potential(b) is not None, -(potential(b) or 0), bounds[b].bound))
+        for block in weak[:1]:
             bounds[block] = node_slot_bound(
                 node_weights(block),
                 slots,
@@ -517,8 +532,7 @@ def certify_layer_slots(
     if upper is not None:
         lowest = min(lowest, upper)
     # Node placements found while bounding improve the best placement known.
-    hint_peaks = [] if best_phy2log is None else node_peaks(problem, best_phy2log, exact)
-    found = improved_placement(problem, decided, bounds, best_split, best_phy2log, hint_peaks)
+    found = improved_placement(problem, decided, bounds, best_split, best_phy2log, hint_node_peaks)
     if found is not None:
         peak = verified_peak(problem, layer, found[1], exact)
         if upper is None or peak < upper:
