@@ -25,6 +25,7 @@ from oracle.certify import certify_layer_slots
 from oracle.cpsat import SolverSettings
 from oracle.joint import solve_joint
 from oracle.packing import solve_packing
+from oracle.pipeline import layer_weights, verified_peak
 from oracle.result import SolveResult, Status
 from properties.distribute import Backend, Inline, run_jobs
 from properties.workloads import TRACE_CLUSTER, default_workloads
@@ -187,10 +188,11 @@ def score_trace(
         result = answer.result
         layer_seconds.append(result.wall_time_s)
         lower = result.bound
+        exact = layer_weights(problem, layer, None)
         upper = min(
             result.objective if result.objective is not None else Fraction(10**30),
-            Fraction(float(refined_peak[layer])),
-            Fraction(float(base_peak[layer])),
+            verified_peak(problem, layer, refined.phy2log[layer].tolist(), exact),
+            verified_peak(problem, layer, base.phy2log[layer].tolist(), exact),
         )
         optimal += upper == lower
         if lower > 0:

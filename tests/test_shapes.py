@@ -32,7 +32,7 @@ def test_the_shape_sweep_scores_every_trace_at_every_shape_and_the_figure_draws_
     figure = shapes_figure(scores, "test")
     axes = figure.axes[0]
     lines = [line for line in axes.get_lines() if isinstance(line, Line2D)]
-    labelled = {line.get_label() for line in lines if not line.get_label().startswith("_")}
+    labelled = {str(line.get_label()) for line in lines}
     assert {"reference", "joint balancer"} <= labelled
     assert len(lines) == 4 * (len(scores) + 1)  # a dot per trace and shape, a line each
 
