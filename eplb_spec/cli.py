@@ -213,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="cluster shapes (replicas,groups,nodes,gpus) of the certification sweep "
         "(default: " + ",".join(map(str, TRACE_CLUSTER)) + ")",
     )
+    oracle_bench.add_argument(
+        "--sweep-only",
+        action="store_true",
+        help="only the certification sweep of the traces (no solver timings)",
+    )
     add_backend_options(oracle_bench, default_workers=1)
     oracle_bench.set_defaults(handler=run_oracle_bench)
 
@@ -371,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
         '(default 10, bounds the whole solve) and "seed" (default 0).',
     )
     solve.add_argument("file", help="instance JSON file")
+    solve.add_argument(
+        "--out",
+        metavar="FILE",
+        help="also write the answer there: for a layer instance the placement behind the "
+        "objective (phy2log, log2phy, logcnt for one layer) and whether it is proven "
+        "optimal; JSON, or NumPy arrays when FILE ends in .npz",
+    )
     solve.set_defaults(handler=run_solve)
 
     migration = commands.add_parser(
@@ -429,7 +441,9 @@ def run_oracle_bench(args: argparse.Namespace) -> int:
     local = args.scheduler is None and args.ray is None and args.workers in (None, 1)
     backend = Inline() if local else choose_backend(args.workers, args.scheduler, args.ray)
     try:
-        return run_oracle_benchmark(args.data, args.quick, args.json, clusters, backend)
+        return run_oracle_benchmark(
+            args.data, args.quick, args.json, clusters, backend, sweep_only=args.sweep_only
+        )
     finally:
         backend.close()
 
@@ -559,10 +573,14 @@ def run_balancer_vectors(args: argparse.Namespace) -> int:
 
 
 def run_solve(args: argparse.Namespace) -> int:
-    from oracle.instances import read_instance, solve_instance
+    from oracle.instances import read_instance, solve_instance_answer, write_solution
 
-    result = solve_instance(read_instance(args.file))
+    document = read_instance(args.file)
+    result, answer = solve_instance_answer(document)
     print(json.dumps(result.to_json(), indent=2))
+    if args.out:
+        write_solution(args.out, document, result, answer)
+        print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 

@@ -98,6 +98,31 @@ def plot_gate(args: argparse.Namespace) -> int:
     return 0
 
 
+def plot_shapes(args: argparse.Namespace) -> int:
+    """The balancers across cluster shapes: ``shapes.png``/``.svg`` and ``shapes.json``."""
+    from dataclasses import asdict
+
+    from properties.workloads import default_workloads
+    from studies.shapes import shape_sweep, shapes_figure
+
+    folder = prepare_folder(args.out)
+    workloads, note = default_workloads(args.data)
+    print(note)
+    cells = shape_sweep(workloads, layer_step=args.layer_step)
+    scores = [c.score for c in cells if c.score is not None]
+    for cell in cells:
+        if cell.score is None:
+            print(f"{cell.job.trace} {cell.job.cluster}: not certified: {cell.error}")
+    sampled = f"every {args.layer_step}th layer" if args.layer_step > 1 else "every layer"
+    source = "a generated stand-in" if workloads[0].generated else f"{len(workloads)} traces"
+    figure = shapes_figure(scores, f"{source}; {sampled} of each")
+    written = save_figure(figure, folder, "shapes")
+    table = folder / "shapes.json"
+    table.write_text(json.dumps([asdict(s) for s in scores], indent=1) + "\n")
+    print_written([*written, table])
+    return 0
+
+
 README_STEMS = ("trace-layers", "layer-stages", "gate-report")
 
 
@@ -180,10 +205,21 @@ def add_plot_commands(commands: argparse._SubParsersAction[Parser]) -> None:
         add_cluster_options(parser)
     gate = kinds.add_parser("gate", help="a gate report written by eplb-spec gate --json")
     gate.add_argument("report", help="the gate's JSON report (format 2)")
+    shapes = kinds.add_parser(
+        "shapes",
+        help="the reference, the baseline and the joint balancer against certified bounds "
+        "across cluster shapes (1-9 slots per GPU), per trace",
+    )
+    shapes.add_argument(
+        "--layer-step",
+        type=cluster_value,
+        default=8,
+        help="certify every N-th layer of each trace (default 8; 1: all, slow)",
+    )
     readme = kinds.add_parser(
         "readme", help="regenerate the README's figures (a trace, its worst layer, a quick gate)"
     )
-    for parser in (layer, trace, gate, readme):
+    for parser in (layer, trace, gate, shapes, readme):
         parser.add_argument("--out", required=True, metavar="DIR", help="folder for the figures")
         parser.add_argument("--data", help="folder of trace *.json files")
     plot.set_defaults(handler=plot_main)
@@ -193,6 +229,7 @@ PLOT_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "layer": plot_layer,
     "trace": plot_trace,
     "gate": plot_gate,
+    "shapes": plot_shapes,
     "readme": plot_readme,
 }
 

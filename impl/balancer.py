@@ -32,8 +32,8 @@ from impl.steps import (
 from spec.migration import network_nodes, validate_placement
 from spec.problem import BalancingProblem, Policy
 
-Variant = Literal["refined", "baseline"]
-VARIANTS: tuple[Variant, ...] = ("refined", "baseline")
+Variant = Literal["refined", "baseline", "joint"]
+VARIANTS: tuple[Variant, ...] = ("refined", "baseline", "joint")
 VARIANT_ALIASES = {"seed": "refined"}
 """Earlier names of the variants, still accepted."""
 
@@ -67,9 +67,9 @@ def check_options(variant: object, refine_a: bool | None, refine_b: bool | None)
     for name, flag in (("refine_a", refine_a), ("refine_b", refine_b)):
         if flag is not None and not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool or None, got {type(flag).__name__}")
-        if variant == "baseline" and flag:
-            raise ValueError(f"{name}=True asks for a refinement; the baseline variant has none")
-    return "refined" if variant == "refined" else "baseline"
+        if variant != "refined" and flag:
+            raise ValueError(f"{name}=True asks for a refinement; the {variant} variant has none")
+    return "refined" if variant == "refined" else "joint" if variant == "joint" else "baseline"
 
 
 def node_local_experts(problem: BalancingProblem, layer: int) -> list[list[int]]:
@@ -135,6 +135,10 @@ def _balance_stateless(
     fast: bool,
     threads: int | None,
 ) -> BalanceResult:
+    if variant == "joint":
+        from impl.joint import balance_joint  # counts and placement chosen together
+
+        return balance_joint(problem, fast=fast)
     if fast:
         from impl.fast import balance_arrays  # numba is loaded only for the fast path
 
@@ -213,9 +217,11 @@ def rebalance_experts(
     logcnt [L, E])``. ``variant="refined"`` (earlier ``"seed"``) is the balancer of
     ``docs/specification.md``
     with refinements A and B (each switchable off); ``variant="baseline"`` is the
-    DeepSeek-style balancer it refines. Bad input raises ValueError or TypeError naming
-    the parameter. ``fast=True`` gives the identical answer from the compiled
-    implementation (``impl.fast``), which handles all (layer, node) rows in one pass.
+    DeepSeek-style balancer it refines; ``variant="joint"`` chooses counts and
+    placement together (``impl.joint``), never above either of the other two. Bad
+    input raises ValueError or TypeError naming the parameter. ``fast=True`` gives the
+    identical answer from the compiled implementation (``impl.fast``), which handles
+    all (layer, node) rows in one pass.
 
     ``previous``, the ``phy2log`` this cluster runs now (``[L, R]``, integer ids, a
     valid placement), makes it a rebalance: the same GPU loads as without it, up to a

@@ -24,8 +24,11 @@ instance's, and files over ``MAX_INSTANCE_BYTES``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from oracle.cpsat import (
     DEFAULT_SEED,
@@ -43,9 +46,10 @@ from oracle.exact import (
 )
 from oracle.joint import solve_joint
 from oracle.packing import solve_packing
-from oracle.pipeline import optimal_layer
+from oracle.pipeline import LayerAnswer, optimal_layer
 from oracle.replication import solve_replication
-from oracle.result import SolveResult
+from oracle.result import SolveResult, Status
+from spec.placement import placement_from_phy2log
 from spec.problem import BalancingProblem
 
 FORMAT_VERSION = 1
@@ -95,6 +99,12 @@ def read_instance(path: str | Path) -> dict[str, Any]:
 
 def solve_instance(document: dict[str, Any]) -> SolveResult:
     """Validate an instance document and solve it."""
+    return solve_instance_answer(document)[0]
+
+
+def solve_instance_answer(document: dict[str, Any]) -> tuple[SolveResult, LayerAnswer | None]:
+    """Validate an instance document and solve it; a ``layer`` instance also gives its
+    ``LayerAnswer`` (the placement behind the objective)."""
     check_numbers(document)
     version = document.get("format", FORMAT_VERSION)
     if isinstance(version, bool) or version != FORMAT_VERSION:
@@ -122,17 +132,75 @@ def solve_instance(document: dict[str, Any]) -> SolveResult:
         seed=require_seed(document.get("seed", DEFAULT_SEED)),
     )
     if problem == "replication":
-        return solve_replication(exact, document["num_slots"])
+        return solve_replication(exact, document["num_slots"]), None
     if problem == "layer":
-        cluster = [document[k] for k in ("num_replicas", "num_groups", "num_nodes", "num_gpus")]
-        layer_problem = BalancingProblem([weights], *cluster)
-        return optimal_layer(layer_problem, 0, settings, weights=exact).result
+        layer_problem = BalancingProblem([weights], *layer_cluster(document))
+        answer = optimal_layer(layer_problem, 0, settings, weights=exact)
+        return answer.result, answer
     if problem == "packing":
         labels = document.get("labels")
         if labels is not None and not isinstance(labels, list):
             raise TypeError(f"labels must be a list of integers, got {type(labels).__name__}")
-        return solve_packing(exact, document["num_packs"], labels, settings)
+        return solve_packing(exact, document["num_packs"], labels, settings), None
     distinct = document.get("distinct", False)
     if not isinstance(distinct, bool):
         raise TypeError(f"distinct must be true or false, got {distinct!r}")
-    return solve_joint(exact, document["num_slots"], document["num_packs"], distinct, settings)
+    joint = solve_joint(exact, document["num_slots"], document["num_packs"], distinct, settings)
+    return joint, None
+
+
+LAYER_CLUSTER_KEYS = ("num_replicas", "num_groups", "num_nodes", "num_gpus")
+
+
+def layer_cluster(document: dict[str, Any]) -> list[Any]:
+    return [document[k] for k in LAYER_CLUSTER_KEYS]
+
+
+def solution_document(
+    document: dict[str, Any], result: SolveResult, answer: LayerAnswer | None
+) -> dict[str, Any]:
+    """What ``eplb-spec solve --out`` writes: the result, and for a ``layer`` instance
+    the placement behind its objective in DeepSeek's layout (one layer: ``phy2log``
+    ``[1, R]``, ``log2phy`` ``[1, E, R - E + 1]``, ``logcnt`` ``[1, E]``; null when no
+    placement was found). ``proven_optimal`` is true only for ``OPTIMAL``."""
+    written: dict[str, Any] = {
+        "format": 1,
+        "problem": document.get("problem"),
+        "proven_optimal": result.status is Status.OPTIMAL,
+        "result": result.to_json(),
+    }
+    if document.get("problem") != "layer":
+        return written
+    cluster = dict(zip(LAYER_CLUSTER_KEYS, layer_cluster(document), strict=True))
+    written["cluster"] = cluster
+    written["split"] = None if answer is None else [list(block) for block in answer.split]
+    if answer is None or answer.phy2log is None:
+        written.update(phy2log=None, log2phy=None, logcnt=None)
+        return written
+    phy2log = np.asarray([answer.phy2log], dtype=np.int64)
+    log2phy, logcnt = placement_from_phy2log(phy2log, len(document["weights"]))
+    written.update(phy2log=phy2log.tolist(), log2phy=log2phy.tolist(), logcnt=logcnt.tolist())
+    return written
+
+
+def write_solution(
+    path: str | Path, document: dict[str, Any], result: SolveResult, answer: LayerAnswer | None
+) -> None:
+    """Write ``solution_document`` as JSON, or, for a path ending in ``.npz``, as NumPy
+    arrays (``phy2log``, ``log2phy``, ``logcnt`` when there is a placement, and
+    ``status``, ``objective_exact``, ``bound_exact`` as strings)."""
+    written = solution_document(document, result, answer)
+    target = Path(path)
+    if target.suffix != ".npz":
+        target.write_text(json.dumps(written, indent=2) + "\n")
+        return
+    arrays: dict[str, Any] = {
+        "status": np.asarray(result.status.value),
+        "objective_exact": np.asarray(str(result.objective)),
+        "bound_exact": np.asarray(str(result.bound)),
+    }
+    for key in ("phy2log", "log2phy", "logcnt"):
+        if written.get(key) is not None:
+            arrays[key] = np.asarray(written[key], dtype=np.int64)
+    with target.open("wb") as handle:
+        np.savez(handle, **arrays)

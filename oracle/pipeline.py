@@ -382,8 +382,7 @@ def optimal_layer(
             settings.describe(),
             exact=not inexact,
             resolution=resolution,
-            note="the placement is in LayerAnswer.phy2log"
-            + ("" if status is Status.OPTIMAL else f"; {stopped}"),
+            note="" if status is Status.OPTIMAL else stopped,
         ),
         split,
         tuple(phy2log),
@@ -551,7 +550,6 @@ def certify_layer(
             None,
             time.perf_counter() - start,
             "analytical bound + greedy and exchange heuristic",
-            note="the placement is in LayerAnswer.phy2log",
         ),
         blocks,
         tuple(phy2log),

@@ -20,18 +20,19 @@ from typing import Any
 
 import numpy as np
 
-from impl.balancer import balance
+from impl.balancer import BalanceResult, balance
+from oracle.certify import certify_layer_slots
 from oracle.cpsat import SolverSettings
 from oracle.joint import solve_joint
 from oracle.packing import solve_packing
-from oracle.pipeline import certify_layer, certify_row, layer_lower_bound
+from oracle.pipeline import layer_weights, verified_peak
 from oracle.result import SolveResult, Status
 from properties.distribute import Backend, Inline, run_jobs
 from properties.progress import progress
 from properties.workloads import TRACE_CLUSTER, default_workloads
 from spec.objectives import peak_gpu_load
 from spec.problem import BalancingProblem
-from studies.stage_quality import stage_quality
+from studies.stage_quality import StageQuality, stage_quality
 
 
 @dataclass(frozen=True)
@@ -124,17 +125,42 @@ def node_blocks(problem: BalancingProblem, phy2log_row: np.ndarray) -> list[tupl
 
 @dataclass(frozen=True)
 class TraceScore:
+    """One trace at one cluster shape: certified layer intervals ``[lower, upper]``
+    (``oracle.certify.certify_layer_slots``, hinted with the joint balancer's placement;
+    ``upper`` also at most the reference's and the baseline's peaks) and each balancer's
+    mean gap above ``lower`` (an upper bound on its gap to the optimum)."""
+
     trace: str
     cluster: str  # "replicas,groups,nodes,gpus"
-    rows: int
-    rows_within_target: int
-    max_row_width: float
-    max_row_seconds: float
+    layers: int
+    layers_within_target: int  # interval width <= 0.1 % of the lower bound
+    layers_optimal: int  # the interval is closed: the optimum is known
+    median_layer_width: float
     mean_layer_width: float
+    max_layer_width: float
+    max_layer_seconds: float
     refined_gap_to_bound: float
     baseline_gap_to_bound: float
+    joint_gap_to_bound: float
     refined_gap_to_best_known: float
+    joint_ms: float  # the joint balancer's fast path on the whole trace (best of 3)
     seconds: float
+
+
+# Each layer's certificate: its time limit, and the CP-SAT packing solves per node.
+LAYER_TIME_LIMIT_S = 10.0
+PACKING_SOLVES = 2
+
+
+def timed_joint(problem: BalancingProblem) -> tuple[BalanceResult, float]:
+    """The joint balancer's fast path, and its best time of 3 calls (after a warm-up)."""
+    result = balance(problem, variant="joint", fast=True)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        balance(problem, variant="joint", fast=True)
+        times.append(time.perf_counter() - start)
+    return result, min(times)
 
 
 def score_trace(
@@ -147,48 +173,54 @@ def score_trace(
     start = time.perf_counter()
     refined = balance(problem, fast=True)
     base = balance(problem, variant="baseline", fast=True)
-    refined_peak = peak_gpu_load(problem.loads, refined.phy2log, refined.logcnt, problem.num_gpus)
-    base_peak = peak_gpu_load(problem.loads, base.phy2log, base.logcnt, problem.num_gpus)
-    widths, row_seconds, layer_widths = [], [], []
-    refined_gaps, base_gaps, refined_best_gaps = [], [], []
+    joint, joint_seconds = timed_joint(problem)
+
+    def peaks(result: BalanceResult) -> np.ndarray:
+        return peak_gpu_load(problem.loads, result.phy2log, result.logcnt, problem.num_gpus)
+
+    refined_peak, base_peak, joint_peak = peaks(refined), peaks(base), peaks(joint)
+    settings = SolverSettings(time_limit_s=LAYER_TIME_LIMIT_S)
+    widths, layer_seconds, optimal = [], [], 0
+    refined_gaps, base_gaps, joint_gaps, refined_best_gaps = [], [], [], []
     for layer in range(problem.num_layers):
-        split = node_blocks(problem, refined.phy2log[layer])
-        for block in split:
-            experts = [g * problem.group_size + i for g in block for i in range(problem.group_size)]
-            row = certify_row(
-                [
-                    int(x) if float(x).is_integer() else float(x)
-                    for x in problem.loads[layer, experts]
-                ],
-                problem.slots_per_node,
-                problem.gpus_per_node,
-            )
-            assert row.gap is not None
-            widths.append(float(row.gap / row.bound) if row.bound else 0.0)
-            row_seconds.append(row.wall_time_s)
-        lower = layer_lower_bound(problem, layer)
-        certified = certify_layer(problem, layer, split)
-        upper = min(
-            certified.result.objective or Fraction(10**30),
-            Fraction(float(refined_peak[layer])),
-            Fraction(float(base_peak[layer])),
+        answer = certify_layer_slots(
+            problem, layer, joint.phy2log[layer].tolist(), settings, packing_solves=PACKING_SOLVES
         )
+        result = answer.result
+        layer_seconds.append(result.wall_time_s)
+        lower = result.bound
+        exact = layer_weights(problem, layer, None)
+        upper = min(
+            result.objective if result.objective is not None else Fraction(10**30),
+            verified_peak(problem, layer, refined.phy2log[layer].tolist(), exact),
+            verified_peak(problem, layer, base.phy2log[layer].tolist(), exact),
+        )
+        optimal += upper == lower
         if lower > 0:
-            layer_widths.append(float((upper - lower) / lower))
+            widths.append(float((upper - lower) / lower))
             refined_gaps.append(float(refined_peak[layer]) / float(lower) - 1)
             base_gaps.append(float(base_peak[layer]) / float(lower) - 1)
+            joint_gaps.append(float(joint_peak[layer]) / float(lower) - 1)
             refined_best_gaps.append(float(refined_peak[layer]) / float(upper) - 1)
+
+    def mean(values: list[float]) -> float:
+        return statistics.fmean(values) if values else 0.0
+
     return TraceScore(
         trace=name,
         cluster=",".join(map(str, cluster)),
-        rows=len(widths),
-        rows_within_target=sum(w <= 1e-3 for w in widths),
-        max_row_width=max(widths),
-        max_row_seconds=max(row_seconds),
-        mean_layer_width=statistics.fmean(layer_widths) if layer_widths else 0.0,
-        refined_gap_to_bound=statistics.fmean(refined_gaps) if refined_gaps else 0.0,
-        baseline_gap_to_bound=statistics.fmean(base_gaps) if base_gaps else 0.0,
-        refined_gap_to_best_known=statistics.fmean(refined_best_gaps) if refined_best_gaps else 0.0,
+        layers=problem.num_layers,
+        layers_within_target=sum(w <= 1e-3 for w in widths),
+        layers_optimal=optimal,
+        median_layer_width=statistics.median(widths) if widths else 0.0,
+        mean_layer_width=mean(widths),
+        max_layer_width=max(widths, default=0.0),
+        max_layer_seconds=max(layer_seconds, default=0.0),
+        refined_gap_to_bound=mean(refined_gaps),
+        baseline_gap_to_bound=mean(base_gaps),
+        joint_gap_to_bound=mean(joint_gaps),
+        refined_gap_to_best_known=mean(refined_best_gaps),
+        joint_ms=joint_seconds * 1e3,
         seconds=time.perf_counter() - start,
     )
 
@@ -245,15 +277,8 @@ def parse_clusters(texts: Sequence[str]) -> list[tuple[int, int, int, int]]:
     return clusters
 
 
-def run_oracle_benchmark(
-    data: str | None,
-    quick: bool,
-    json_path: str | None,
-    clusters: Sequence[tuple[int, int, int, int]] = (TRACE_CLUSTER,),
-    backend: Backend | None = None,
-) -> int:
-    workloads, note = default_workloads(data)
-    print(f"eplb-spec oracle benchmark ({note}); one CP-SAT worker, seed 0")
+def solver_sections(quick: bool) -> tuple[list[SolveTimes], dict[str, int], StageQuality]:
+    """Solve times, the largest sizes proven, and the reference's stages, printed."""
     families = solver_families(quick)
     heading = "instances (proven: optimal or infeasible)"
     print(f"\n{heading:<48}{'n':>4}{'proven':>8}{'median s':>10}{'max s':>9}")
@@ -279,19 +304,41 @@ def run_oracle_benchmark(
         f"on a GPU where the greedy had not on {quality.b_added_duplicates} of them"
     )
 
+    return families, largest, quality
+
+
+def run_oracle_benchmark(
+    data: str | None,
+    quick: bool,
+    json_path: str | None,
+    clusters: Sequence[tuple[int, int, int, int]] = (TRACE_CLUSTER,),
+    backend: Backend | None = None,
+    *,
+    sweep_only: bool = False,
+) -> int:
+    workloads, note = default_workloads(data)
+    print(f"eplb-spec oracle benchmark ({note}); one CP-SAT worker, seed 0")
+    if sweep_only:
+        families: list[SolveTimes] = []
+        largest: dict[str, int] = {}
+        quality = None
+    else:
+        families, largest, quality = solver_sections(quick)
     chosen = workloads[:2] if quick else workloads
     layers = 8 if quick else None
     scope = "first 8 layers of 2 traces" if quick else "all layers"
     where = backend.description if backend is not None else "in this process"
     shapes = " ".join(",".join(map(str, c)) for c in clusters)
     print(
-        f"\ncertified intervals at (replicas,groups,nodes,gpus) {shapes} ({scope}; {where}):"
-        "\n  row: one node's experts (the reference's split), interval width / lower bound"
-        "\n  layer: [min over all group splits of the node bounds, best placement known]"
+        f"\ncertified layer intervals at (replicas,groups,nodes,gpus) {shapes} ({scope}; {where}):"
+        "\n  [lower, upper]: lower = the least over group splits of the slot-aware node bounds"
+        "\n  (oracle.certify), upper = the best placement known (joint balancer, reference,"
+        f"\n  baseline, pairings and packings found); {LAYER_TIME_LIMIT_S:g} s per layer at most"
     )
     print(
-        f"{'trace':<24}{'cluster':<14}{'rows':>6}{'<=0.1%':>8}{'max row':>9}{'max row s':>10}"
-        f"{'layer w':>9}{'ref gap':>10}{'base gap':>10}{'s':>7}"
+        f"{'trace':<24}{'cluster':<14}{'layers':>7}{'<=0.1%':>7}{'closed':>7}{'med w':>8}"
+        f"{'mean w':>8}{'max w':>8}{'ref gap':>9}{'base gap':>9}{'joint gap':>10}"
+        f"{'ref>best':>9}{'joint ms':>9}{'s':>7}"
     )
     cells = certification_sweep(
         [(w.name, w.loads) for w in chosen], clusters, layers, backend or Inline()
@@ -305,20 +352,25 @@ def run_oracle_benchmark(
             continue
         scores.append(score)
         print(
-            f"{score.trace:<24}{score.cluster:<14}{score.rows:>6}{score.rows_within_target:>8}"
-            f"{score.max_row_width:>9.3%}{score.max_row_seconds:>10.3f}{score.mean_layer_width:>9.2%}"
-            f"{score.refined_gap_to_bound:>10.2%}{score.baseline_gap_to_bound:>10.2%}{score.seconds:>7.1f}"
+            f"{score.trace:<24}{score.cluster:<14}{score.layers:>7}{score.layers_within_target:>7}"
+            f"{score.layers_optimal:>7}{score.median_layer_width:>8.2%}"
+            f"{score.mean_layer_width:>8.2%}{score.max_layer_width:>8.2%}"
+            f"{score.refined_gap_to_bound:>9.2%}{score.baseline_gap_to_bound:>9.2%}"
+            f"{score.joint_gap_to_bound:>10.2%}{score.refined_gap_to_best_known:>9.2%}"
+            f"{score.joint_ms:>9.1f}{score.seconds:>7.1f}"
         )
     print(
-        "refined/base gap: mean over layers of peak / lower bound - 1 (an upper bound on the "
-        "true gap to the optimum)."
+        "w: interval width over the lower bound; gap: mean over layers of peak / lower - 1 "
+        "(an upper bound on the gap to the optimum); ref>best: the reference above the best "
+        "placement known; closed: layers whose optimum is proven; joint ms: the joint "
+        "balancer's fast path on the whole trace (best of 3)."
     )
     if json_path:
         document: dict[str, Any] = {
             "source": note,
             "families": [asdict(f) for f in families],
             "largest_proven": largest,
-            "stage_quality": asdict(quality),
+            "stage_quality": None if quality is None else asdict(quality),
             "traces": [asdict(s) for s in scores],
             "not_certified": [
                 {"trace": c.job.trace, "cluster": list(c.job.cluster), "error": c.error}

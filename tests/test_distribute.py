@@ -59,12 +59,12 @@ def test_a_certification_sweep_on_a_pool_equals_one_in_this_process() -> None:
     assert [c.job.cluster for c in pooled] == clusters  # in job order, whatever finished first
 
     def timeless(cell: SweepCell) -> dict[str, object]:
-        """What does not depend on time: the intervals of rows the solver did not close
-        within its time limit do, and the bounds of layers do not."""
+        """What does not depend on time: the certified bounds can (their CP-SAT packing
+        solves are time-limited), so only what was scored is compared."""
         score = cell.score
         assert score is not None
         found = dataclasses.asdict(score)
-        kept = ("trace", "cluster", "rows", "refined_gap_to_bound", "baseline_gap_to_bound")
+        kept = ("trace", "cluster", "layers")
         return {k: found[k] for k in kept}
 
     assert [timeless(c) for c in pooled] == [timeless(c) for c in inline]

@@ -36,7 +36,7 @@ from oracle.pipeline import (
 from oracle.replication import solve_replication
 from oracle.result import SolveResult, Status
 from properties.strategies import load_values
-from spec import BalancingProblem, peak_gpu_load
+from spec import BalancingProblem, check_placement, peak_gpu_load
 
 FAST = SolverSettings(time_limit_s=20.0)
 
@@ -341,3 +341,65 @@ def test_unreadable_instance_exits_with_status_2(
     assert main(["solve", str(tmp_path / "bad.json")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
     assert main(["solve", str(tmp_path / "missing.json")]) == 2
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_solve_command_writes_the_proven_placement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    """FlashLB's example: ``solve --out`` writes a valid one-layer placement whose peak is
+    the proven optimum 590/3, ready to run."""
+    loads = [600, 560, 120, 120, 20, 10, 10, 10]
+    instance = tmp_path / "layer.json"
+    instance.write_text(
+        json.dumps(
+            {
+                "problem": "layer",
+                "weights": loads,
+                "num_replicas": 16,
+                "num_groups": 1,
+                "num_nodes": 1,
+                "num_gpus": 8,
+            }
+        )
+    )
+    out = tmp_path / f"placement{suffix}"
+    assert main(["solve", str(instance), "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["status"] == "OPTIMAL"
+    assert printed["objective_exact"] == "590/3"
+    if suffix == ".json":
+        written = json.loads(out.read_text())
+        assert written["proven_optimal"] is True
+        assert written["result"]["objective_exact"] == "590/3"
+        arrays = {
+            k: np.asarray(written[k], dtype=np.int64) for k in ("phy2log", "log2phy", "logcnt")
+        }
+    else:
+        with np.load(out) as stored:
+            assert str(stored["status"]) == "OPTIMAL"
+            assert str(stored["objective_exact"]) == "590/3"
+            arrays = {k: stored[k] for k in ("phy2log", "log2phy", "logcnt")}
+    problem = BalancingProblem(np.asarray([loads], dtype=np.float64), 16, 1, 1, 8)
+    assert check_placement(problem, arrays["phy2log"], arrays["log2phy"], arrays["logcnt"]) == []
+    per_gpu = [
+        sum(
+            Fraction(loads[e], int(arrays["logcnt"][0, e]))
+            for e in arrays["phy2log"][0, 2 * g : 2 * g + 2].tolist()
+        )
+        for g in range(8)
+    ]
+    assert max(per_gpu) == Fraction(590, 3)
+
+
+def test_solve_command_out_for_other_problems_writes_the_result(tmp_path: Path) -> None:
+    instance = tmp_path / "joint.json"
+    instance.write_text(
+        json.dumps({"problem": "joint", "weights": [7, 5, 3], "num_slots": 6, "num_packs": 2})
+    )
+    out = tmp_path / "answer.json"
+    assert main(["solve", str(instance), "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["proven_optimal"] is True
+    assert written["result"]["solution"]["counts"] is not None
+    assert "phy2log" not in written
