@@ -103,6 +103,7 @@ def plot_shapes(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from properties.workloads import default_workloads
+    from studies.plots import prepare_folder, save_figure
     from studies.shapes import shape_sweep, shapes_figure
 
     folder = prepare_folder(args.out)
