@@ -331,6 +331,7 @@ def test_a_batch_through_a_dask_local_cluster_survives_a_killed_worker(
     pytest.importorskip("distributed")
     marker = tmp_path / "killed"
     monkeypatch.setenv("EPLB_LOST_WORKER_MARKER", str(marker))  # inherited by the workers
+    monkeypatch.setenv("EPLB_SANDBOX", "0")  # in the sandbox a target cannot kill its gate
     specs = [str(programs), f"{LOST_WORKER}:kills_its_evaluator_once"]
     candidates = find_candidates(specs)
     lines: list[dict[str, Any]] = []
@@ -361,6 +362,7 @@ def test_a_local_pool_loses_nothing_when_workers_are_killed(
     the others are scored once each, whatever ran beside the killers. (Two attempts:
     when the other killer strikes first, the one-time killer still kills once alone.)"""
     monkeypatch.setenv("EPLB_LOST_WORKER_MARKER", str(tmp_path / "killed"))
+    monkeypatch.setenv("EPLB_SANDBOX", "0")  # in the sandbox a target cannot kill its gate
     specs = [
         f"{LOST_WORKER}:kills_its_evaluator_once",
         f"{HOSTILE}:kills_the_gate",

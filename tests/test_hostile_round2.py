@@ -140,3 +140,15 @@ def test_the_sandbox_hides_processes_and_the_network(tmp_path: Path, sandbox: bo
     else:
         assert seen["processes"] > 3, seen
         assert seen["network"] != "ENETUNREACH", seen
+
+
+def test_a_target_file_imports_a_module_beside_it(tmp_path: Path) -> None:
+    (tmp_path / "eplb_helpers_beside.py").write_text("from impl import rebalance_experts\n")
+    (tmp_path / "balancer.py").write_text(
+        "from eplb_helpers_beside import rebalance_experts as rebalance_experts\n"
+    )
+    report = run_gate(
+        f"{tmp_path / 'balancer.py'}:rebalance_experts", quick=True, checks=CONTRACT_ONLY
+    )
+    assert report.verdict == "pass", report.summary()
+    assert f"{tmp_path} first on sys.path" in report.header["call"]
