@@ -218,19 +218,16 @@ def old_placement(
     return np.asarray(outputs.phy2log, dtype=np.int64)
 
 
-def check_rebalance_case(
+def answers_with_and_without_previous(
     call: Caller,
     case: RebalanceCase,
     argument: PreviousArgument,
-    *,
     soft: list[Finding],
-    tally: RebalanceTally | None = None,
-    dtype: Callable[[Any], str] = lambda loads: "float64",
-    oracle: bool = True,
-) -> None:
-    """Check one rebalance; raise ``Finding`` for what stops the case, append
-    ``transfers-above-fewest`` (and type-only findings) to ``soft``, and add what was
-    measured to ``tally``."""
+    dtype: Callable[[Any], str],
+) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+    """The old placement handed to the target, its stateless answer, its answer given
+    the old placement (a contract failure there is ``placement-invalid``) and the
+    relabeling optimum's transfers per layer."""
     problem = case.problem
     previous = old_placement(call, case, soft, dtype)
     stateless_outputs, _ = check_contract(call, problem, soft, dtype(problem.loads))
@@ -249,6 +246,26 @@ def check_rebalance_case(
     rebalanced = np.asarray(outputs.phy2log, dtype=np.int64)
     fewest = transfers_per_layer(
         problem, previous, relabeling_optimum(problem, previous, stateless)
+    )
+    return previous, stateless, rebalanced, fewest
+
+
+def check_rebalance_case(
+    call: Caller,
+    case: RebalanceCase,
+    argument: PreviousArgument,
+    *,
+    soft: list[Finding],
+    tally: RebalanceTally | None = None,
+    dtype: Callable[[Any], str] = lambda loads: "float64",
+    oracle: bool = True,
+) -> None:
+    """Check one rebalance; raise ``Finding`` for what stops the case, append
+    ``transfers-above-fewest`` (and type-only findings) to ``soft``, and add what was
+    measured to ``tally``."""
+    problem = case.problem
+    previous, stateless, rebalanced, fewest = answers_with_and_without_previous(
+        call, case, argument, soft, dtype
     )
     violations = check_rebalance(problem, previous, rebalanced, stateless, fewest_transfers=fewest)
     for code in PRIORITY:
@@ -567,23 +584,8 @@ def check_budgeted_case(
     from spec.budgeted import check_budgeted_rebalance, exact_peaks
 
     problem = case.problem
-    previous = old_placement(call, case, soft, dtype)
-    stateless_outputs, _ = check_contract(call, problem, soft, dtype(problem.loads))
-    stateless = np.asarray(stateless_outputs.phy2log, dtype=np.int64)
-    what = f"called with an old placement ({describe_previous(argument)})"
-    try:
-        outputs, _ = check_contract(
-            with_previous(call, argument, previous), problem, soft, dtype(problem.loads)
-        )
-    except Finding as finding:
-        if finding.check == "contract":
-            raise Finding(
-                "rebalance", f"{what}: {finding.message}", MigrationCode.PLACEMENT_INVALID.value
-            ) from None
-        raise in_context(finding, what) from None
-    rebalanced = np.asarray(outputs.phy2log, dtype=np.int64)
-    fewest = transfers_per_layer(
-        problem, previous, relabeling_optimum(problem, previous, stateless)
+    previous, stateless, rebalanced, fewest = answers_with_and_without_previous(
+        call, case, argument, soft, dtype
     )
     peaks = exact_peaks(problem.loads, stateless, problem.num_gpus)
     if mode.eps is not None:
