@@ -21,12 +21,13 @@ from eplb_spec.cli import main
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
 HANGING = """
-import os, subprocess, sys, time
+import os, subprocess, sys, time, uuid
 from pathlib import Path
 
 def rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus):
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    Path(os.environ["EPLB_TEST_STARTED"], str(os.getpid())).write_text("")
+    # one file per call: in the sandbox's PID namespace every worker may be pid 1
+    Path(os.environ["EPLB_TEST_STARTED"], uuid.uuid4().hex).write_text("")
     time.sleep(600)
 """
 
